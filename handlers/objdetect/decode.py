@@ -1,0 +1,90 @@
+"""Decode: untrusted image bytes -> an upright RGB uint8 tensor, refusing what should not be decoded.
+
+Pillow reads every format the API promises (JPEG, PNG, WebP, BMP, TIFF, GIF) and the EXIF
+orientation. Only those formats are opened: Pillow's other plugins (EPS through Ghostscript,
+among others) are attack surface nobody asked for. The pixel limit is checked from the header,
+before any pixel is decoded, so a 30000x30000 PNG bomb costs a few bytes of parsing.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .errors import RequestError
+
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+# EXIF orientations 5-8 turn the image a quarter: the upright image swaps width and height.
+_TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
+_EXIF_ORIENTATION = 0x0112
+# Transparent pixels are composited onto white, as a browser on a white page shows them.
+_MATTE = (255, 255, 255)
+# decode_image enforces its own, configurable limit from the header, with a message that says
+# so; Pillow's fixed one (89 megapixels) would refuse first with another message.
+Image.MAX_IMAGE_PIXELS = None
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    pixels: torch.Tensor  # (3, h, w) uint8 RGB, upright; smaller than the original when drafted
+    width: int  # the upright original's size, which boxes refer to
+    height: int
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """Original pixels per decoded pixel, along x and y."""
+        return self.width / self.pixels.shape[2], self.height / self.pixels.shape[1]
+
+
+def decode_image(data: bytes, max_pixels: int, draft_side: int | None = None) -> DecodedImage:
+    """Decode `data`; with `draft_side`, a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (DCT-domain
+    downscaling) as long as its shorter side stays at least `draft_side` pixels."""
+    if not data:
+        raise RequestError("empty_body", "the image is empty (0 bytes)")
+    try:
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
+    except Image.UnidentifiedImageError:
+        raise RequestError("not_an_image", f"the body is not a readable image: not {', '.join(FORMATS)}, "
+                           "or a header that cannot be valid (a zero width or height, say)") from None
+    except Exception as error:  # any parser failure on untrusted bytes is the input's fault
+        raise RequestError("corrupt_image", f"the image header cannot be read: {error}") from None
+
+    with image:
+        width, height = image.size
+        if width <= 0 or height <= 0:
+            raise RequestError("empty_image", f"the image has no pixels ({width}x{height})")
+        if width * height > max_pixels:
+            raise RequestError("image_too_large", f"the image is {width}x{height} ({width * height / 1e6:.1f} "
+                               f"megapixels): the limit is {max_pixels / 1e6:.1f} megapixels", status=413)
+        try:
+            if image.getexif().get(_EXIF_ORIENTATION) in _TRANSPOSING_ORIENTATIONS:
+                width, height = height, width
+            if draft_side and image.format == "JPEG":
+                shorter = min(image.size)
+                image.draft("RGB", (image.size[0] * draft_side // shorter, image.size[1] * draft_side // shorter))
+            rgb = _to_rgb(ImageOps.exif_transpose(image))
+        except Exception as error:
+            raise RequestError("corrupt_image", f"the image is truncated or corrupt: {error}") from None
+    pixels = torch.from_numpy(rgb).permute(2, 0, 1)  # a view: no copy
+    return DecodedImage(pixels, width, height)
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    """Any mode -> (h, w, 3) uint8: grayscale, palette, CMYK, alpha and 16-bit images included."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # Pillow's own conversion clips 16-bit values at 255 (a white image); scale them instead.
+        values = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        gray = np.clip(values * (255.0 / peak), 0, 255).round().astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        matte = Image.new("RGBA", rgba.size, _MATTE + (255,))
+        return np.array(Image.alpha_composite(matte, rgba).convert("RGB"))
+    # np.array, not asarray: Pillow hands out read-only memory, and tensors want it writable.
+    return np.array(image.convert("RGB"))
+

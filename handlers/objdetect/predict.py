@@ -1,0 +1,14 @@
+"""Predict: one forward pass over a batch of images of any sizes.
+
+torchvision's detectors take a *list* of images and batch them internally (resize, pad), so a
+TorchServe batch of different-sized images is one call, unlike stacking them into one tensor.
+"""
+
+import torch
+from torch import nn
+
+
+def predict(model: nn.Module, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """[{"boxes", "scores", "labels"}] per image, in each image's own pixel coordinates."""
+    with torch.inference_mode():
+        return model(images)

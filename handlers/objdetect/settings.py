@@ -1,0 +1,92 @@
+"""Operator settings: the model archive's model-config.yaml `handler:` section, then OBJDETECT_* environment.
+
+The archive carries a model version's defaults; the environment (an ECS task definition, a shell)
+overrides them per deployment. A bad value stops the worker at load with a message that names it,
+rather than serving with a guess.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+ENV_PREFIX = "OBJDETECT_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Largest image, in pixels, the service decodes; larger ones are refused from their header.
+    max_pixels: int = 40_000_000
+    # Score threshold when a request names none.
+    default_threshold: float = 0.5
+    # Image URLs: download cap, timeouts, and who may be fetched from.
+    max_download_bytes: int = 20 * 1024 * 1024
+    fetch_connect_timeout_s: float = 3.0
+    fetch_read_timeout_s: float = 10.0
+    fetch_total_timeout_s: float = 20.0
+    max_redirects: int = 3
+    # Empty: any public host. Otherwise only these hosts ("images.example.com", or "*.example.com").
+    url_allowed_hosts: tuple[str, ...] = ()
+    # Private networks an operator trusts for image URLs (e.g. an internal image host). Empty: none.
+    url_trusted_networks: tuple[str, ...] = ()
+    # When set, predictions need "Authorization: Bearer <key>" or "X-API-Key: <key>" with one of them.
+    api_keys: tuple[str, ...] = field(default=(), repr=False)  # never in logs
+    # Torch intra-op threads per worker; 0 lets torch use every core.
+    torch_threads: int = 0
+
+    @classmethod
+    def load(cls, handler_config: Mapping[str, Any] | None = None, environ: Mapping[str, str] = os.environ) -> "Settings":
+        values: dict[str, Any] = {}
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        for key, value in (handler_config or {}).items():
+            if key not in known:
+                raise ValueError(f"unknown handler setting {key!r}; known: {', '.join(known)}")
+            values[key] = _coerce(known[key], value)
+        for name, field in known.items():
+            env_value = environ.get(ENV_PREFIX + name.upper())
+            if env_value is not None:
+                values[name] = _coerce(field, env_value)
+        settings = cls(**values)
+        settings._validate()
+        return settings
+
+    def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(n, strict=False) for n in self.url_trusted_networks)
+
+    def _validate(self) -> None:
+        positive = ("max_pixels", "max_download_bytes", "fetch_connect_timeout_s",
+                    "fetch_read_timeout_s", "fetch_total_timeout_s")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"setting {name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.default_threshold <= 1:
+            raise ValueError(f"setting default_threshold must be within 0..1, got {self.default_threshold}")
+        if self.max_redirects < 0 or self.torch_threads < 0:
+            raise ValueError("settings max_redirects and torch_threads must not be negative")
+        try:
+            self.trusted_networks()
+        except ValueError as error:
+            raise ValueError(f"setting url_trusted_networks: {error}") from None
+
+
+def _coerce(field: dataclasses.Field, value: Any) -> Any:
+    """Environment values are strings and YAML values are typed: bring both to the field's type."""
+    kind = field.type
+    try:
+        if kind.startswith("tuple"):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(str(item).strip() for item in items if str(item).strip())
+        if kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"setting {field.name} must be {kind}, got {value!r}") from None
+    raise TypeError(f"unsupported setting type {kind}")

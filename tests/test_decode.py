@@ -1,0 +1,134 @@
+"""Decoding: every promised format and mode becomes upright RGB; bad bytes become clear 4xx errors."""
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import encode
+from objdetect.decode import decode_image
+from objdetect.errors import RequestError
+
+LIMIT = 40_000_000
+RED = (220, 30, 30)
+
+
+def decoded_colour(data: bytes) -> tuple[int, ...]:
+    image = decode_image(data, LIMIT)
+    return tuple(int(v) for v in image.pixels[:, image.pixels.shape[1] // 2, image.pixels.shape[2] // 2])
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height and whose pixel data is a few bytes."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF"])
+def test_every_promised_format_decodes_to_rgb(fmt):
+    image = decode_image(encode(Image.new("RGB", (64, 48), RED), fmt), LIMIT)
+    assert (image.width, image.height) == (64, 48)
+    assert image.pixels.shape == (3, 48, 64) and image.pixels.dtype.is_floating_point is False
+    assert np.allclose(image.pixels[:, 24, 32].tolist(), RED, atol=12)
+
+
+def test_gif_uses_the_first_frame():
+    frames = [Image.new("RGB", (32, 32), RED), Image.new("RGB", (32, 32), (0, 0, 255))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
+    assert np.allclose(decoded_colour(buffer.getvalue()), RED, atol=12)
+
+
+@pytest.mark.parametrize("mode, value, expected", [
+    ("L", 100, (100, 100, 100)),
+    ("P", 0, RED),  # palette entry 0 is red
+    ("I;16", 65535, (255, 255, 255)),
+    ("I;16", 32896, (128, 128, 128)),
+])
+def test_grayscale_palette_and_16_bit_become_rgb(mode, value, expected):
+    image = Image.new(mode, (16, 16), value)
+    if mode == "P":
+        image.putpalette(RED)
+    assert decoded_colour(encode(image, "PNG")) == expected
+
+
+def test_cmyk_jpeg_becomes_rgb():
+    cmyk = Image.new("RGB", (32, 32), RED).convert("CMYK")
+    assert np.allclose(decoded_colour(encode(cmyk, "JPEG", quality=95)), RED, atol=20)
+
+
+def test_transparent_pixels_are_composited_on_white():
+    rgba = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
+    assert decoded_colour(encode(rgba, "PNG")) == (255, 255, 255)
+    half = Image.new("RGBA", (16, 16), (0, 0, 0, 128))
+    assert decoded_colour(encode(half, "PNG")) == (127, 127, 127)
+
+
+def test_exif_orientation_is_applied_and_sizes_are_upright():
+    # Stored 40 wide and 20 high, left half red; orientation 6 means "rotate 90 degrees clockwise to view".
+    stored = Image.new("RGB", (40, 20), (0, 0, 255))
+    stored.paste(RED, (0, 0, 20, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    image = decode_image(encode(stored, "JPEG", exif=exif.tobytes(), quality=95), LIMIT)
+    assert (image.width, image.height) == (20, 40)
+    assert image.pixels.shape == (3, 40, 20)
+    top = image.pixels[:, 5, 10].tolist()  # the stored left (red) half is on top once upright
+    assert top[0] > 150 and top[2] < 100
+
+
+def test_jpeg_draft_decodes_fewer_pixels_but_reports_the_original_size():
+    photo = Image.new("RGB", (4000, 3000), RED)
+    image = decode_image(encode(photo, "JPEG"), LIMIT, draft_side=600)
+    assert (image.width, image.height) == (4000, 3000)
+    assert image.pixels.shape == (3, 750, 1000)  # 1/4 scale: the smallest that keeps 600 px
+    assert image.scale == (4.0, 4.0)
+
+
+def test_png_is_never_drafted():
+    image = decode_image(encode(Image.new("RGB", (800, 600), RED), "PNG"), LIMIT, draft_side=100)
+    assert image.pixels.shape == (3, 600, 800) and image.scale == (1.0, 1.0)
+
+
+def error_of(data: bytes, limit: int = LIMIT) -> RequestError:
+    with pytest.raises(RequestError) as caught:
+        decode_image(data, limit)
+    return caught.value
+
+
+def test_a_pixel_bomb_is_refused_from_its_header():
+    # 30000 x 30000 claimed, a few bytes of data: decoding it would fail as corrupt, so a
+    # "too large" answer shows the refusal came from the header, before any decoding.
+    error = error_of(png_header(30000, 30000))
+    assert (error.code, error.status) == ("image_too_large", 413)
+    assert "30000x30000" in error.message and "40.0 megapixels" in error.message
+
+
+def test_the_pixel_limit_is_configurable():
+    data = encode(Image.new("RGB", (100, 100)), "PNG")
+    assert error_of(data, limit=9_999).code == "image_too_large"
+    assert decode_image(data, 10_000).width == 100
+
+
+@pytest.mark.parametrize("data, code", [
+    (b"", "empty_body"),
+    (b"hello, I am text", "not_an_image"),
+    (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", "not_an_image"),  # Pillow reads EPS; we do not
+    (png_header(0, 10), "not_an_image"),
+    (png_header(10, 0), "not_an_image"),
+    (png_header(64, 64), "corrupt_image"),
+])
+def test_bad_bytes_get_a_named_error(data, code):
+    assert error_of(data).code == code
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF"])
+def test_truncated_images_are_corrupt(fmt):
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    data = encode(noise, fmt)
+    assert error_of(data[: len(data) // 2]).code == "corrupt_image"

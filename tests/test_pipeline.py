@@ -1,0 +1,98 @@
+"""The request path without TorchServe: a batch in, one response per request out."""
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from conftest import SHAPE_LABELS, encode
+from objdetect import pipeline, synthetic
+from objdetect.errors import RequestError
+from objdetect.pipeline import Detector, Request
+
+
+@pytest.fixture(scope="module")
+def detector(shapes_model):
+    from objdetect.settings import Settings
+    return Detector(shapes_model, SHAPE_LABELS, Settings.load({}, {}), name="shapes", version="3.1")
+
+
+def body_of(response) -> dict:
+    assert response.content_type == "application/json"
+    return json.loads(response.body)
+
+
+def test_a_mixed_batch_answers_each_request_in_order(detector):
+    samples = [synthetic.generate(2_000_000_000 + i) for i in (0, 9)]  # ones it gets exactly right
+    responses = detector([
+        Request({"body": encode(samples[0].image)}),
+        Request({"body": b"not an image"}),
+        Request({"body": encode(samples[1].image, "JPEG", quality=95)}, {"content-type": "image/jpeg"}),
+        Request({"body": b'{"b64": "@@"}'}, {"content-type": "application/json"}),
+    ])
+    assert [r.status for r in responses] == [200, 400, 200, 400]
+    for response, sample in zip(responses[::2], samples):
+        body = body_of(response)
+        assert (body["model"], body["version"]) == ("shapes", "3.1")
+        assert (body["width"], body["height"]) == sample.image.size
+        assert sorted(d["label"] for d in body["detections"]) == sorted(sample.labels)
+    assert body_of(responses[1])["error"] == "not_an_image"
+    assert body_of(responses[3])["error"] == "bad_base64"
+
+
+def test_urls_are_fetched_with_the_configured_fetcher(shapes_model):
+    sample = synthetic.generate(2_000_000_001)
+    fetched = []
+
+    def fetch(url, settings):
+        fetched.append(url)
+        if "refused" in url:
+            raise RequestError("url_refused", "not public")
+        return encode(sample.image)
+
+    detector = Detector(shapes_model, SHAPE_LABELS, pipeline.Settings.load({}, {}), fetch=fetch)
+    good, bad = detector([Request({"body": b'{"url": "https://images.example/a.png"}'}),
+                          Request({"body": b'{"url": "https://refused.example/a.png"}'})])
+    assert fetched == ["https://images.example/a.png", "https://refused.example/a.png"]
+    assert good.status == 200 and "fetch" in body_of(good)["timings_ms"]
+    assert bad.status == 400 and body_of(bad) == {"error": "url_refused", "message": "not public"}
+
+
+def test_api_keys_guard_predictions_when_configured(detector):
+    guarded = Detector(detector.model, SHAPE_LABELS, replace(detector.settings, api_keys=("k-1", "k-2")))
+    image = encode(synthetic.generate(5).image)
+    responses = guarded([
+        Request({"body": image}),
+        Request({"body": image}, {"authorization": "Bearer nope"}),
+        Request({"body": image}, {"authorization": "Bearer k-2"}),
+        Request({"body": image}, {"x-api-key": "k-1"}),
+    ])
+    assert [r.status for r in responses] == [401, 401, 200, 200]
+    assert body_of(responses[0])["error"] == "unauthorized"
+
+
+def test_an_image_that_breaks_the_model_fails_alone(detector, monkeypatch):
+    real_predict = pipeline.predict
+
+    def fragile_predict(model, images):
+        if any(image.shape[-1] == 77 for image in images):
+            raise RuntimeError("a shape the model cannot take")
+        return real_predict(model, images)
+
+    monkeypatch.setattr(pipeline, "predict", fragile_predict)
+    from PIL import Image
+    poison = encode(Image.new("RGB", (77, 60)))
+    fine = encode(synthetic.generate(9).image)
+    responses = detector([Request({"body": fine}), Request({"body": poison}), Request({"body": fine})])
+    assert [r.status for r in responses] == [200, 500, 200]
+    assert body_of(responses[1])["error"] == "prediction_failed"
+
+
+def test_out_of_memory_is_left_to_torchserve(detector, monkeypatch):
+    def oom(model, images):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(pipeline, "predict", oom)
+    with pytest.raises(torch.OutOfMemoryError):  # TorchServe turns it into 507 for the batch
+        detector([Request({"body": encode(synthetic.generate(9).image)})] * 2)

@@ -1,0 +1,218 @@
+"""Integration: the real TorchServe on loopback, through HTTP, as clients use it."""
+
+import base64
+import http.server
+import io
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+from PIL import Image
+
+from conftest import encode
+from objdetect import synthetic
+from test_decode import png_header
+
+SCHEMA_KEYS = {"model", "version", "width", "height", "detections", "timings_ms"}
+
+
+def predict(server, data=None, model="detector", **kwargs):
+    return requests.post(f"{server.url()}/predictions/{model}", data=data, timeout=60, **kwargs)
+
+
+def assert_detects(response, sample):
+    """A 200 JSON answer whose size is the sample's and which finds each of its shapes."""
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == SCHEMA_KEYS
+    assert (body["width"], body["height"]) == sample.image.size
+    assert sorted(d["label"] for d in body["detections"]) == sorted(sample.labels)
+    scores = [d["score"] for d in body["detections"]]
+    assert scores == sorted(scores, reverse=True)
+    return body
+
+
+@pytest.fixture(scope="module")
+def sample():
+    """A generated image (6 shapes) that the embedded model gets exactly right: these tests check
+    the API, the mAP test checks accuracy."""
+    return synthetic.generate(2_000_000_027)
+
+
+def test_raw_body_put_as_curl_T_sends_it(server, sample):
+    response = requests.put(f"{server.url()}/predictions/detector", data=encode(sample.image, "JPEG", quality=95),
+                            timeout=60)
+    body = assert_detects(response, sample)
+    assert body["model"] == "detector" and body["version"] == "1.0"
+    assert {"decode", "predict", "postprocess", "total"} <= set(body["timings_ms"])
+
+
+def test_raw_body_post_with_its_content_type(server, sample):
+    assert_detects(predict(server, encode(sample.image), headers={"Content-Type": "image/png"}), sample)
+
+
+def test_multipart_form_file_field(server, sample):
+    response = predict(server, files={"data": ("shapes.webp", encode(sample.image, "WEBP", lossless=True))})
+    assert_detects(response, sample)
+
+
+def test_multipart_form_with_option_fields(server, sample):
+    response = predict(server, files={"image": ("shapes.png", encode(sample.image))},
+                       data={"threshold": "0.01", "max_detections": "1"})
+    assert response.status_code == 200, response.text
+    assert len(response.json()["detections"]) == 1
+
+
+def test_json_base64_with_class_filter(server, sample):
+    keep = sample.labels[0]
+    response = predict(server, json={"b64": base64.b64encode(encode(sample.image)).decode(), "classes": [keep]})
+    assert response.status_code == 200
+    labels = [d["label"] for d in response.json()["detections"]]
+    assert labels == [keep] * sample.labels.count(keep)
+
+
+def test_versioned_route_reaches_the_same_model(server, sample):
+    response = requests.post(f"{server.url()}/predictions/detector/1.0", data=encode(sample.image), timeout=60)
+    assert_detects(response, sample)
+
+
+def test_render_returns_the_image_with_boxes_as_jpeg(server, sample):
+    response = predict(server, json={"b64": base64.b64encode(encode(sample.image)).decode(), "render": True})
+    assert response.status_code == 200 and response.headers["Content-Type"] == "image/jpeg"
+    drawn = Image.open(io.BytesIO(response.content))
+    assert drawn.format == "JPEG" and drawn.size == sample.image.size
+
+
+def test_exif_rotated_photo_gets_boxes_in_upright_pixels(server, sample):
+    # Stored turned a quarter to the left, tagged "rotate 90 clockwise to view": upright it is the sample.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = sample.image.transpose(Image.Transpose.ROTATE_90)
+    response = predict(server, encode(stored, "JPEG", quality=95, exif=exif.tobytes()))
+    body = assert_detects(response, sample)
+    for truth, label in zip(sample.boxes, sample.labels):
+        assert any(d["label"] == label and all(abs(a - b) < 8 for a, b in zip(d["box"], truth))
+                   for d in body["detections"])
+
+
+def test_images_of_different_sizes_share_a_batch(server):
+    """The test server batches up to 4 requests within 200 ms; 4 concurrent requests of 4 sizes
+    must come back right, each with its own image's detections (TorchServe's stock handler fails here)."""
+    samples = [synthetic.generate(2_000_000_000 + i) for i in (0, 6, 9, 11)]
+    assert len({s.image.size for s in samples}) == 4
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(lambda s: predict(server, encode(s.image)), samples))
+    for response, sample in zip(responses, samples):
+        assert_detects(response, sample)
+    log = (server.log_dir / "model_log.log").read_text()
+    assert "batch of 4 requests" in log
+
+
+BAD_INPUTS = {
+    "empty body": (b"", {}, "empty_body", 400),
+    "not an image": (b"this is not an image", {}, "not_an_image", 400),
+    "truncated image": (None, {}, "corrupt_image", 400),
+    "zero-sized image": (png_header(0, 0), {}, "not_an_image", 400),
+    "pixel bomb": (png_header(30000, 30000), {}, "image_too_large", 413),
+    "bad base64": (b'{"b64": "%%%"}', {"Content-Type": "application/json"}, "bad_base64", 400),
+    "malformed JSON": (b'{"url": "https://a', {"Content-Type": "application/json"}, "bad_json", 400),
+    "deeply nested JSON": (b"[" * 50_000 + b"]" * 50_000, {"Content-Type": "application/json"}, "bad_json", 400),
+    "unknown option": (b'{"url": "https://a.example/x", "colour": 1}', {"Content-Type": "application/json"},
+                       "unknown_option", 400),
+    "out-of-range option": (b'{"url": "https://a.example/x", "threshold": 7}', {"Content-Type": "application/json"},
+                            "bad_option", 400),
+    "sliver image": (encode(Image.new("RGB", (2000, 10))), {}, "bad_image_shape", 400),
+}
+
+
+def worker_pids(server):
+    described = requests.get(f"{server.url('management')}/models/detector", timeout=10).json()
+    return sorted(w["pid"] for m in described for w in m["workers"])
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_gets_a_4xx_json_error_and_the_worker_keeps_serving(server, sample, case):
+    data, headers, code, status = BAD_INPUTS[case]
+    if data is None:
+        whole = encode(sample.image, "JPEG")
+        data = whole[: len(whole) // 2]
+    pids = worker_pids(server)
+    response = predict(server, data, headers=headers)
+    assert response.status_code == status, response.text
+    assert response.json()["error"] == code and response.json()["message"]
+    assert worker_pids(server) == pids  # no worker died and restarted
+    assert predict(server, encode(sample.image)).status_code == 200
+
+
+def test_a_bad_request_in_a_batch_does_not_fail_the_others(server, sample):
+    good = encode(sample.image)
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(lambda data: predict(server, data), [good, b"garbage", good, png_header(0, 0)]))
+    assert [r.status_code for r in responses] == [200, 400, 200, 400]
+
+
+@pytest.fixture(scope="module")
+def local_image_host(sample):
+    """An HTTP server on loopback with an image, as an attacker's or an operator's internal host."""
+    image = encode(sample.image, "JPEG", quality=95)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(image)))
+            self.end_headers()
+            self.wfile.write(image)
+
+        def log_message(self, *args):
+            pass
+
+    host = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=host.serve_forever, daemon=True).start()
+    yield host.server_port
+    host.shutdown()
+    host.server_close()
+
+
+@pytest.mark.parametrize("url, words", [
+    ("http://127.0.0.1:{port}/photo.jpg", "loopback"),
+    ("http://localhost:{port}/photo.jpg", "loopback"),
+    ("http://2130706433:{port}/photo.jpg", "loopback"),
+    ("http://0x7f000001:{port}/photo.jpg", "loopback"),
+    ("http://169.254.169.254/latest/meta-data/iam/security-credentials/", "link-local"),
+    ("http://169.254.170.2/v2/credentials", "link-local"),
+    ("http://[::ffff:127.0.0.1]:{port}/photo.jpg", "wrapping 127.0.0.1"),
+    ("file:///etc/passwd", "only http and https"),
+])
+def test_url_guard_refuses_local_and_metadata_addresses(server, local_image_host, url, words):
+    response = predict(server, json={"url": url.format(port=local_image_host)})
+    assert response.status_code == 400
+    assert response.json()["error"] == "url_refused" and words in response.json()["message"]
+
+
+def test_an_operator_can_trust_an_internal_host_and_require_api_keys(server, local_image_host, sample):
+    """The "guarded" archive trusts 127.0.0.0/8, allows only host 127.0.0.1 and requires a key."""
+    url = {"url": f"http://127.0.0.1:{local_image_host}/photo.jpg"}
+    assert predict(server, model="guarded", json=url).status_code == 401
+    assert predict(server, model="guarded", json=url, headers={"X-API-Key": "wrong"}).status_code == 401
+    response = predict(server, model="guarded", json=url, headers={"Authorization": "Bearer test-key"})
+    body = assert_detects(response, sample)
+    assert "fetch" in body["timings_ms"]
+    other_host = {"url": f"http://localhost:{local_image_host}/photo.jpg"}
+    refused = predict(server, model="guarded", json=other_host, headers={"X-API-Key": "test-key"})
+    assert refused.status_code == 400 and "allowed hosts" in refused.json()["message"]
+
+
+def test_health_and_metrics_need_no_token(server):
+    assert requests.get(f"{server.url()}/ping", timeout=10).json()["status"] == "Healthy"
+    metrics = requests.get(f"{server.url('metrics')}/metrics", timeout=10)
+    assert metrics.status_code == 200 and "ts_inference_requests_total" in metrics.text
+
+
+def test_models_cannot_be_registered_from_remote_urls(server):
+    response = requests.post(f"{server.url('management')}/models",
+                             params={"url": "https://example.com/evil.mar"}, timeout=10)
+    assert response.status_code >= 400 and "evil.mar" not in requests.get(
+        f"{server.url('management')}/models", timeout=10).text

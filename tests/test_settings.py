@@ -1,0 +1,42 @@
+"""Operator settings: archive defaults, environment overrides, and refusing bad values at load."""
+
+import pytest
+
+from objdetect.settings import Settings
+
+
+def test_defaults_are_the_documented_ones():
+    settings = Settings.load({}, {})
+    assert settings.max_pixels == 40_000_000
+    assert settings.max_download_bytes == 20 * 1024 * 1024
+    assert settings.max_redirects == 3
+    assert settings.url_allowed_hosts == () and settings.api_keys == ()
+
+
+def test_environment_overrides_the_archive_config():
+    settings = Settings.load(
+        {"max_pixels": 1000, "url_allowed_hosts": ["a.example.com"], "default_threshold": 0.3},
+        {"OBJDETECT_MAX_PIXELS": "60000000", "OBJDETECT_API_KEYS": "k1, k2", "UNRELATED": "x"},
+    )
+    assert settings.max_pixels == 60_000_000
+    assert settings.url_allowed_hosts == ("a.example.com",)
+    assert settings.api_keys == ("k1", "k2")
+    assert settings.default_threshold == 0.3
+
+
+def test_api_keys_never_appear_in_logs():
+    assert "s3cret" not in repr(Settings.load({}, {"OBJDETECT_API_KEYS": "s3cret"}))
+
+
+@pytest.mark.parametrize("config, env, words", [
+    ({"max_pixel": 5}, {}, "unknown handler setting 'max_pixel'"),
+    ({}, {"OBJDETECT_MAX_PIXELS": "lots"}, "max_pixels must be int"),
+    ({"max_pixels": 2.5}, {}, "max_pixels must be int"),
+    ({}, {"OBJDETECT_MAX_PIXELS": "0"}, "max_pixels must be positive"),
+    ({"default_threshold": 3}, {}, "default_threshold must be within 0..1"),
+    ({}, {"OBJDETECT_URL_TRUSTED_NETWORKS": "10.0.0.0/8,not-a-network"}, "url_trusted_networks"),
+    ({"fetch_read_timeout_s": True}, {}, "fetch_read_timeout_s must be float"),
+])
+def test_bad_values_stop_the_load_and_name_the_setting(config, env, words):
+    with pytest.raises(ValueError, match=words):
+        Settings.load(config, env)
