@@ -14,10 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from model_archiver.model_archiver_config import ModelArchiverConfig
+from model_archiver.model_packaging import generate_model_archive
 
 from objdetect import registry
 from objdetect.pipeline import MODEL_INFO
@@ -53,13 +55,10 @@ def build_mar(model: str, out_dir: Path, name: str = "detector", version: str = 
         shutil.copytree(PACKAGE, staging / "objdetect", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         info = {"architecture": model, "labels": class_names, "weights": Path(weights).name, "source": source}
         (staging / MODEL_INFO).write_text(json.dumps(info, indent=2))
-        subprocess.run(
-            [str(Path(sys.executable).with_name("torch-model-archiver")), "--model-name", name, "--version", version,
-             "--handler", str(HANDLER), "--serialized-file", str(weights),
-             "--extra-files", str(staging), "--config-file", str(config),
-             "--export-path", str(staging), "--force"],
-            check=True,
-        )
+        generate_model_archive(ModelArchiverConfig(
+            model_name=name, version=version, handler=str(HANDLER), serialized_file=str(weights),
+            extra_files=str(staging), config_file=str(config), export_path=str(staging), force=True,
+        ))
         target = archive_path(out_dir, name, version)
         shutil.move(staging / f"{name}.mar", target)
     return target
@@ -77,7 +76,7 @@ def main() -> int:
     args = parser.parse_args()
     try:
         path = build_mar(args.model, args.out_dir, args.name, args.version, args.weights, args.labels, args.config)
-    except (OSError, ValueError, RuntimeError, subprocess.CalledProcessError) as error:
+    except (OSError, ValueError, RuntimeError) as error:
         print(f"build_mar: {error}", file=sys.stderr)
         return 1
     print(f"built {path} ({path.stat().st_size / 1e6:.1f} MB): {args.model}, {args.name} v{args.version}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import signal
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import torch
 
 from build_mar import build_mar
 from objdetect import registry, synthetic
-from server import ROOT, ServerError, TorchServe
+from server import ROOT, TorchServe, add_port_arguments, ports_from, run_until_signal
 
 
 def choose_model(requested: str | None, weights: Path | None) -> tuple[str, str]:
@@ -44,9 +43,7 @@ def main() -> int:
     parser.add_argument("--weights", type=Path, help="a local checkpoint for --model")
     parser.add_argument("--labels", type=Path, help="labels file for a fine-tuned checkpoint")
     parser.add_argument("--name", default="detector")
-    parser.add_argument("--inference-port", type=int, default=8080)
-    parser.add_argument("--management-port", type=int, default=8081)
-    parser.add_argument("--metrics-port", type=int, default=8082)
+    add_port_arguments(parser)
     args = parser.parse_args()
     if args.weights and not args.model:
         parser.error("--weights needs --model (the architecture the checkpoint was trained with)")
@@ -61,20 +58,9 @@ def main() -> int:
     except (OSError, ValueError, RuntimeError) as error:
         print(f"serve: cannot build the model archive: {error}", file=sys.stderr)
         return 1
-    server = TorchServe(ROOT / "model_store", {args.name: archive.name}, args.inference_port,
-                        args.management_port, args.metrics_port, log_dir=ROOT / "logs")
+    server = TorchServe(ROOT / "model_store", {args.name: archive.name}, ports_from(args), log_dir=ROOT / "logs")
 
-    stop = {"signal": None}
-
-    def on_signal(signum, _frame):
-        stop["signal"] = signum
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    try:
-        print(f"serve: starting TorchServe (logs in {server.log_dir})", flush=True)
-        server.start()
+    def show_example() -> None:
         example = server.workdir / "example.jpg"
         synthetic.generate(seed=7).image.save(example, quality=92)
         print(f"serve: {args.name} is READY. Try:\n"
@@ -82,23 +68,8 @@ def main() -> int:
               f"  curl -H 'Content-Type: application/json' -d '{{\"url\": \"https://...\", \"threshold\": 0.3}}' "
               f"{server.url()}/predictions/{args.name}\n"
               f"serve: Ctrl-C stops it.", flush=True)
-        server.process.wait()
-        print(f"serve: TorchServe exited by itself ({server.process.returncode}):\n{server.log_tail()}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        name = signal.Signals(stop["signal"]).name if stop["signal"] else "SIGINT"
-        print(f"serve: {name}: stopping TorchServe", flush=True)
-        return 0
-    except ServerError as error:
-        print(f"serve: {error}", file=sys.stderr)
-        return 1
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the cleanup
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        server.stop()
-        server.cleanup()
-        print("serve: stopped; no TorchServe process is left", flush=True)
 
+    return run_until_signal(server, "serve", show_example)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,4 +1,7 @@
-"""Start and stop a real TorchServe: used by `make serve`, the tests and the benchmarks.
+"""Start and stop a real TorchServe: used by `make serve`, the tests, and as the container's entrypoint.
+
+    python scripts/server.py --model-store DIR --models detector=detector-v1.0.mar   # serve until SIGTERM
+    python scripts/server.py --check detector                                        # health: a READY worker?
 
 Each server gets its own temp dir (TorchServe keeps its pid file, logs and config snapshot
 there, and allows one server per dir) and its own process group. Stopping signals the whole
@@ -7,6 +10,7 @@ group: a SIGTERM to TorchServe's launcher alone would orphan the Java server and
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -16,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import psutil
@@ -30,23 +35,42 @@ class ServerError(RuntimeError):
     pass
 
 
+@dataclass(frozen=True)
+class Ports:
+    """TorchServe's five listeners. gRPC cannot be switched off in TorchServe 0.12, so it gets
+    ports too (on loopback, like management), or a second server on the machine fails to bind."""
+
+    inference: int = 8080
+    management: int = 8081
+    metrics: int = 8082
+    grpc_inference: int = 7070
+    grpc_management: int = 7071
+
+    @classmethod
+    def free(cls) -> "Ports":
+        return cls(*(free_port() for _ in fields(cls)))
+
+    def cli_args(self) -> list[str]:
+        return [arg for f in fields(self) for arg in (f"--{f.name.replace('_', '-')}-port", str(getattr(self, f.name)))]
+
+
 class TorchServe:
-    def __init__(self, model_store: Path, models: dict[str, str], inference_port: int = 8080,
-                 management_port: int = 8081, metrics_port: int = 8082, config: Path = CONFIG,
-                 env: dict[str, str] | None = None, log_dir: Path | None = None):
+    def __init__(self, model_store: Path, models: dict[str, str], ports: Ports = Ports(), config: Path = CONFIG,
+                 env: dict[str, str] | None = None, log_dir: Path | None = None, console: bool = False):
         """`models` maps model names to archive file names in `model_store`; logs go to `log_dir`
-        (default: the server's temp dir, removed by cleanup)."""
+        (default: the server's temp dir, removed by cleanup), and to our stdout when `console`."""
         self.model_store = Path(model_store).resolve()
         self.models = models
-        self.ports = {"inference": inference_port, "management": management_port, "metrics": metrics_port}
+        self.ports = ports
         self.config = config
         self.env = env or {}
         self._log_dir = log_dir
+        self.console = console
         self.workdir: Path | None = None
         self.process: subprocess.Popen | None = None
 
     def url(self, api: str = "inference") -> str:
-        return f"http://127.0.0.1:{self.ports[api]}"
+        return f"http://127.0.0.1:{getattr(self.ports, api)}"
 
     @property
     def log_dir(self) -> Path:
@@ -68,7 +92,7 @@ class TorchServe:
                    "--model-store", str(self.model_store),
                    "--models", *(f"{name}={archive}" for name, archive in self.models.items())]
         with open(self.workdir / "torchserve.out", "wb") as out:
-            self.process = subprocess.Popen(command, cwd=self.workdir, env=env, stdout=out,
+            self.process = subprocess.Popen(command, cwd=self.workdir, env=env, stdout=None if self.console else out,
                                             stderr=subprocess.STDOUT, start_new_session=True)
         try:
             for name in self.models:
@@ -81,16 +105,11 @@ class TorchServe:
     def wait_ready(self, model: str, timeout_s: float = 180, version: str | None = None) -> None:
         """TorchServe's /ping says Healthy before workers load; a READY worker is what serves."""
         deadline = time.monotonic() + timeout_s
-        path = f"{self.url('management')}/models/{model}" + (f"/{version}" if version else "")
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ServerError(f"TorchServe exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                described = requests.get(path, timeout=2)
-                if described.ok and any(w.get("status") == "READY" for m in described.json() for w in m.get("workers", [])):
-                    return
-            except requests.RequestException:
-                pass
+            if check_ready(model + (f"/{version}" if version else ""), self.url("management")):
+                return
             time.sleep(0.25)
         raise ServerError(f"model {model} had no READY worker after {timeout_s:.0f} s:\n{self.log_tail()}")
 
@@ -128,10 +147,15 @@ class TorchServe:
     def _config_text(self) -> str:
         """The repository's config.properties, with this server's ports."""
         text = self.config.read_text()
-        for api, port in self.ports.items():
-            text, count = re.subn(rf"^({api}_address=http://[^:\s]+):\d+", rf"\g<1>:{port}", text, flags=re.M)
+        for f in fields(self.ports):
+            port = getattr(self.ports, f.name)
+            if f.name.startswith("grpc"):
+                pattern, replacement = rf"^{f.name}_port=\d+", f"{f.name}_port={port}"
+            else:
+                pattern, replacement = rf"^({f.name}_address=http://[^:\s]+):\d+", rf"\g<1>:{port}"
+            text, count = re.subn(pattern, replacement, text, flags=re.M)
             if count != 1:
-                raise ServerError(f"{self.config} has no single {api}_address line")
+                raise ServerError(f"{self.config} has no single line for the {f.name} port")
         return text
 
     def __enter__(self) -> "TorchServe":
@@ -140,6 +164,48 @@ class TorchServe:
     def __exit__(self, *exc) -> None:
         self.stop()
         self.cleanup()
+
+
+def run_until_signal(server: TorchServe, name: str, on_ready=lambda: None) -> int:
+    """Starts `server`, calls `on_ready`, and serves until SIGINT or SIGTERM; then stops the whole
+    process group. Returns an exit status: 0 when stopped by a signal."""
+    received = {}
+
+    def on_signal(signum, _frame):
+        received["signal"] = signum
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        print(f"{name}: starting TorchServe", flush=True)
+        server.start()
+        print(f"{name}: TorchServe logs are in {server.log_dir}", flush=True)
+        on_ready()
+        server.process.wait()
+        print(f"{name}: TorchServe exited by itself ({server.process.returncode}):\n{server.log_tail()}",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{name}: {signal.Signals(received.get('signal', signal.SIGINT)).name}: stopping TorchServe", flush=True)
+        return 0
+    except ServerError as error:
+        print(f"{name}: {error}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the cleanup
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        server.stop()
+        server.cleanup()
+        print(f"{name}: stopped; no TorchServe process is left", flush=True)
+
+
+def check_ready(model: str, management_url: str) -> bool:
+    try:
+        described = requests.get(f"{management_url}/models/{model}", timeout=3)
+        return described.ok and any(w.get("status") == "READY" for m in described.json() for w in m.get("workers", []))
+    except (requests.RequestException, ValueError):
+        return False
 
 
 def _group_alive(group: int) -> bool:
@@ -153,7 +219,34 @@ def _group_alive(group: int) -> bool:
     return False
 
 
+def add_port_arguments(parser: argparse.ArgumentParser) -> None:
+    for f in fields(Ports):
+        parser.add_argument(f"--{f.name.replace('_', '-')}-port", type=int, default=f.default)
+
+
+def ports_from(args: argparse.Namespace) -> Ports:
+    return Ports(*(getattr(args, f"{f.name}_port") for f in fields(Ports)))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-store", type=Path, default=ROOT / "model_store")
+    parser.add_argument("--models", nargs="+", default=["detector=detector-v1.0.mar"], metavar="NAME=ARCHIVE")
+    add_port_arguments(parser)
+    parser.add_argument("--check", metavar="NAME", help="exit 0 when model NAME has a READY worker, else 1")
+    args = parser.parse_args()
+    if args.check:
+        return 0 if check_ready(args.check, f"http://127.0.0.1:{args.management_port}") else 1
+    models = dict(pair.split("=", 1) for pair in args.models)
+    server = TorchServe(args.model_store, models, ports_from(args), console=True)
+    return run_until_signal(server, "objdetect", lambda: print(f"objdetect: {', '.join(models)} READY", flush=True))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from build_mar import EMBEDDED_WEIGHTS, build_mar  # noqa: E402
-from server import TorchServe, free_port  # noqa: E402
+from server import Ports, TorchServe  # noqa: E402
 
 from objdetect import registry, synthetic  # noqa: E402
 from objdetect.settings import Settings  # noqa: E402
@@ -69,8 +69,7 @@ def _test_config(store: Path, name: str, batching: str, handler: str = "") -> Pa
 @pytest.fixture(scope="session")
 def server(model_store):
     """One real TorchServe on free loopback ports for the whole session, always stopped."""
-    ts = TorchServe(model_store, {"detector": "detector-v1.0.mar", "guarded": "guarded-v1.0.mar"},
-                    free_port(), free_port(), free_port())
+    ts = TorchServe(model_store, {"detector": "detector-v1.0.mar", "guarded": "guarded-v1.0.mar"}, Ports.free())
     with ts:
         yield ts
 

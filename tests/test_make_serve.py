@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from conftest import ROOT
-from server import free_port
+from server import Ports
 
 
 def processes_in(workdir: str) -> list[psutil.Process]:
@@ -29,10 +29,11 @@ def processes_in(workdir: str) -> list[psutil.Process]:
 
 @pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
 def test_make_serve_serves_then_stops_cleanly(stop):
-    ports = [free_port(), free_port(), free_port()]
+    ports = Ports.free()
     make = subprocess.Popen(
-        ["make", "--no-print-directory", "serve", f"INFERENCE_PORT={ports[0]}",
-         f"MANAGEMENT_PORT={ports[1]}", f"METRICS_PORT={ports[2]}"],
+        ["make", "--no-print-directory", "serve", f"INFERENCE_PORT={ports.inference}",
+         f"MANAGEMENT_PORT={ports.management}", f"METRICS_PORT={ports.metrics}",
+         f"GRPC_INFERENCE_PORT={ports.grpc_inference}", f"GRPC_MANAGEMENT_PORT={ports.grpc_management}"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,  # its own group, as a terminal's foreground job is
     )
