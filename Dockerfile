@@ -1,0 +1,100 @@
+# objdetect: TorchServe + torchvision Faster R-CNN in a slim multi-stage image (`make image`).
+#   FLAVOR=cuda  PyPI's torch wheels (CUDA 13): what ECS GPU instances run; runs on a CPU too.
+#   FLAVOR=cpu   PyTorch's CPU wheel index: CPU only, a fraction of the size.
+# The build stage makes the venv, a minimal Java runtime and the model archive; the runtime stage
+# copies only those onto the slim base. docs/image.md: what is pruned and how it was shown safe.
+# Layers are ordered so that a code or model change rebuilds only the small application layer:
+# the multi-GB venv layer changes only with pyproject.toml.
+
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+FROM ${BASE_IMAGE} AS build
+ARG FLAVOR=cuda
+ARG WITH_TRITON=false
+ARG CPU_INDEX_URL=https://download.pytorch.org/whl/cpu
+# Extra wheel sources for pip (a local mirror); pip reads these from the environment.
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+# A JDK only to cut a Java runtime to the modules TorchServe's frontend uses; binutils to strip.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends openjdk-17-jdk-headless binutils \
+ && rm -rf /var/lib/apt/lists/*
+# jdeps on model-server.jar names these and a few more; serving, management and metrics were
+# tested with exactly these (java.desktop stays: the frontend uses java.beans).
+RUN jlink --add-modules java.base,java.desktop,java.logging,java.management,java.naming,java.sql,java.xml,jdk.unsupported \
+      --strip-debug --no-header-files --no-man-pages --compress=2 --output /opt/jre
+
+WORKDIR /src
+COPY pyproject.toml ./
+COPY scripts/prune_venv.py scripts/
+# The serving venv: pyproject's dependencies, without the build-only archiver (installed aside,
+# for the build stage alone). The CA bundle arrives as a build secret where TLS is intercepted;
+# it never lands in a layer.
+RUN --mount=type=secret,id=cacert \
+    if [ -s /run/secrets/cacert ]; then export PIP_CERT=/run/secrets/cacert; fi \
+ && python3 -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
+print('\n'.join(d for d in deps if not d.startswith('torch-model-archiver')), file=open('/tmp/serving.txt', 'w')); \
+print('\n'.join(d for d in deps if d.startswith('torch-model-archiver')), file=open('/tmp/build.txt', 'w'))" \
+ && python3 -m venv /opt/venv \
+ && if [ "$FLAVOR" = cpu ]; then \
+      /opt/venv/bin/pip install --no-cache-dir --index-url "$CPU_INDEX_URL" torch==2.14.1+cpu torchvision==0.29.1+cpu; \
+    fi \
+ && /opt/venv/bin/pip install --no-cache-dir -r /tmp/serving.txt \
+ && /opt/venv/bin/pip install --no-cache-dir --target /opt/build-tools -r /tmp/build.txt \
+ && if [ "$WITH_TRITON" != true ]; then /opt/venv/bin/pip uninstall -y -q triton; fi \
+ && /opt/venv/bin/pip uninstall -y -q pip setuptools wheel \
+ && /opt/venv/bin/python scripts/prune_venv.py /opt/venv \
+ && /opt/venv/bin/python -c "import torch, torchvision; \
+m = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None).eval(); \
+m([torch.rand(3, 240, 320)]); print('pruned venv: torch', torch.__version__, 'torchvision', torchvision.__version__, 'predict')"
+
+# The application: the model archive (COCO models download their published weights here and
+# verify their hash), TorchServe's configuration, the entrypoint and the operators' models.py.
+ARG MODEL=shapes
+COPY handlers/ handlers/
+COPY scripts/ scripts/
+COPY model_store/embedded/ model_store/embedded/
+COPY config.properties ./
+RUN --mount=type=secret,id=cacert \
+    if [ -s /run/secrets/cacert ]; then export REQUESTS_CA_BUNDLE=/run/secrets/cacert; fi \
+ && PYTHONPATH=/src/handlers:/opt/build-tools /opt/venv/bin/python scripts/build_mar.py \
+      --model "$MODEL" --out-dir /opt/objdetect/model_store \
+ && mkdir -p /opt/objdetect/scripts \
+ && cp config.properties /opt/objdetect/ \
+ && cp scripts/server.py scripts/models.py /opt/objdetect/scripts/
+
+
+FROM ${BASE_IMAGE} AS runtime
+ARG FLAVOR=cuda
+ARG MODEL=shapes
+ARG VERSION=dev
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="objdetect" \
+      org.opencontainers.image.description="Object detection with torchvision Faster R-CNN behind TorchServe (${FLAVOR}, model ${MODEL})" \
+      org.opencontainers.image.source="https://github.com/objdetect/objdetect" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/objdetect objdetect
+COPY --from=build /opt/jre /opt/jre
+COPY --from=build /opt/venv /opt/venv
+COPY --from=build /opt/objdetect /opt/objdetect
+
+# Inference on every interface (the load balancer's); management and metrics stay on loopback.
+ENV PATH=/opt/venv/bin:/opt/jre/bin:$PATH \
+    JAVA_HOME=/opt/jre \
+    TS_INFERENCE_ADDRESS=http://0.0.0.0:8080 \
+    PYTHONUNBUFFERED=1
+USER 10001:10001
+WORKDIR /home/objdetect
+EXPOSE 8080
+# Healthy means a READY worker (TorchServe's /ping answers before the model has loaded).
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+  CMD ["python", "/opt/objdetect/scripts/server.py", "--check", "detector"]
+# server.py runs TorchServe in its own process group and stops all of it on SIGTERM.
+ENTRYPOINT ["python", "/opt/objdetect/scripts/server.py"]
+CMD ["--models", "detector=detector-v1.0.mar"]
