@@ -1,0 +1,39 @@
+output "ecr_repository_url" {
+  description = "ECR repository URL: scripts/push.py pushes <url>:<git commit> here."
+  value       = aws_ecr_repository.this.repository_url
+}
+
+output "alb_dns_name" {
+  description = "DNS name of the load balancer (point a CNAME or alias record at it)."
+  value       = aws_lb.this.dns_name
+}
+
+output "service_url" {
+  description = "Base URL of the inference API."
+  value       = "${local.https ? "https" : "http"}://${aws_lb.this.dns_name}"
+}
+
+output "cluster_name" {
+  description = "ECS cluster name (scripts/deploy.py --cluster)."
+  value       = aws_ecs_cluster.this.name
+}
+
+output "service_name" {
+  description = "ECS service name (scripts/deploy.py --service)."
+  value       = aws_ecs_service.this.name
+}
+
+output "task_definition_arn" {
+  description = "The task definition revision terraform registered last (deploy.py --base-task-definition rolls it out)."
+  value       = aws_ecs_task_definition.this.arn
+}
+
+output "api_keys_secret_arn" {
+  description = "Secrets Manager secret holding the comma-separated API keys (put its value with the AWS CLI)."
+  value       = aws_secretsmanager_secret.api_keys.arn
+}
+
+output "log_group_name" {
+  description = "CloudWatch log group of the container's output."
+  value       = aws_cloudwatch_log_group.service.name
+}

@@ -1,0 +1,110 @@
+# The task: one container, one GPU, on EC2 (Fargate has no GPUs), in awsvpc mode so the task has
+# its own network interface and security group.
+
+locals {
+  # Root file system: read-only unless ECS Exec is on. AWS does not support ECS Exec with a
+  # read-only root (its SSM agent writes under /var/lib/amazon and /var/log/amazon). With Exec on,
+  # the process still cannot change the image's files: it runs as uid 10001 and everything outside
+  # /tmp and /home/objdetect belongs to root. README "Read-only root file system".
+  readonly_root = !var.enable_execute_command
+
+  container = {
+    name      = local.container_name
+    image     = "${aws_ecr_repository.this.repository_url}:${var.image_tag}"
+    essential = true
+    user      = "10001:10001"
+    cpu       = var.task_cpu
+    memory    = var.task_memory
+
+    resourceRequirements = [{ type = "GPU", value = "1" }]
+
+    # Only the inference port. Management (8081) and metrics (8082) stay on the container's loopback.
+    portMappings = [{ containerPort = local.inference_port, hostPort = local.inference_port, protocol = "tcp" }]
+
+    environment = [for key in sort(keys(var.environment)) : { name = key, value = var.environment[key] }]
+    secrets     = [{ name = "OBJDETECT_API_KEYS", valueFrom = aws_secretsmanager_secret.api_keys.arn }]
+
+    readonlyRootFilesystem = local.readonly_root
+    privileged             = false
+
+    linuxParameters = {
+      # tini as PID 1: forwards SIGTERM to the entrypoint (which stops TorchServe's whole process
+      # group in about 3 s) and reaps zombies.
+      initProcessEnabled = true
+      # Writable scratch space, in memory (world-writable, sticky, like /tmp): TorchServe's temp
+      # dir (pid file, logs, unpacked model archives), the JVM's and CUDA's caches. Needed when the
+      # root is read-only; harmless otherwise. "exec": Docker's tmpfs default is noexec, and the
+      # JVM loads Netty's native transport library from its temp dir.
+      tmpfs = [
+        { containerPath = "/tmp", size = 2048, mountOptions = ["rw", "exec", "nosuid", "nodev"] },
+        { containerPath = "/home/objdetect", size = 256, mountOptions = ["rw", "exec", "nosuid", "nodev"] },
+      ]
+      capabilities = {
+        # Neither TorchServe nor ECS Exec's agent uses these.
+        drop = ["NET_RAW", "MKNOD", "SYS_CHROOT", "SETFCAP"]
+      }
+    }
+
+    # Healthy means a READY model worker (TorchServe's /ping answers before the model has loaded).
+    healthCheck = {
+      command     = ["CMD", "python", "/opt/objdetect/scripts/server.py", "--check", var.model_name]
+      interval    = 15
+      timeout     = 5
+      retries     = 3
+      startPeriod = min(var.health_check_grace_period_seconds, 300) # ECS allows at most 300
+    }
+
+    # SIGTERM, then SIGKILL after this many seconds; the entrypoint needs about 3.
+    stopTimeout = 30
+
+    ulimits = [{ name = "nofile", softLimit = 65536, hardLimit = 65536 }]
+
+    logConfiguration = {
+      logDriver = "awslogs"
+      options = {
+        awslogs-group         = aws_cloudwatch_log_group.service.name
+        awslogs-region        = var.region
+        awslogs-stream-prefix = var.name
+        # A slow CloudWatch must never stall inference on a blocked stdout.
+        mode            = "non-blocking"
+        max-buffer-size = "25m"
+      }
+    }
+  }
+}
+
+resource "aws_ecs_task_definition" "this" {
+  #checkov:skip=CKV_AWS_336:The root is read-only whenever enable_execute_command is false. With it true (the default, how operators reach the management API) AWS does not support a read-only root for ECS Exec; the container runs as uid 10001, which can write only /tmp and /home/objdetect (tmpfs).
+  family                   = var.name
+  requires_compatibilities = ["EC2"]
+  network_mode             = "awsvpc"
+  cpu                      = tostring(var.task_cpu)
+  memory                   = tostring(var.task_memory)
+  execution_role_arn       = aws_iam_role.execution.arn
+  task_role_arn            = aws_iam_role.task.arn
+  container_definitions    = jsonencode([local.container])
+
+  # scripts/deploy.py registers later revisions and rolls back to earlier ones; ECS cannot update a
+  # service to a deregistered (INACTIVE) revision, so terraform leaves old revisions registered.
+  skip_destroy = true
+
+  runtime_platform {
+    operating_system_family = "LINUX"
+    cpu_architecture        = "X86_64"
+  }
+
+  lifecycle {
+    precondition {
+      condition     = length(data.aws_ec2_instance_type.gpu.gpus) > 0
+      error_message = "instance_type ${var.instance_type} has no GPU."
+    }
+    precondition {
+      condition     = var.task_cpu <= data.aws_ec2_instance_type.gpu.default_vcpus * 1024
+      error_message = "task_cpu ${var.task_cpu} exceeds the ${data.aws_ec2_instance_type.gpu.default_vcpus * 1024} CPU units of a ${var.instance_type}."
+    }
+    precondition {
+      condition     = var.task_memory <= data.aws_ec2_instance_type.gpu.memory_size - 2048
+      error_message = "task_memory ${var.task_memory} MiB leaves less than 2 GiB of a ${var.instance_type}'s ${data.aws_ec2_instance_type.gpu.memory_size} MiB for the OS, the ECS agent and Docker: the task would never be placed."
+    }
+  }
+}

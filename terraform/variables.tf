@@ -1,0 +1,323 @@
+# ---------------------------------------------------------------------------------------------
+# Where and what
+# ---------------------------------------------------------------------------------------------
+
+variable "region" {
+  description = "AWS region to deploy to (GPU instance types are not offered in every region or zone)."
+  type        = string
+  default     = "us-east-1"
+
+  validation {
+    condition     = can(regex("^[a-z]{2}(-gov)?-[a-z]+-[0-9]$", var.region))
+    error_message = "region must look like an AWS region name, e.g. us-east-1."
+  }
+}
+
+variable "name" {
+  description = "Name of the deployment: used for the ECR repository, cluster, service, load balancer, roles and log groups."
+  type        = string
+  default     = "objdetect"
+
+  validation {
+    # The ALB and target group names allow 32 characters; capacity provider names may not start
+    # with aws, ecs or fargate.
+    condition     = can(regex("^[a-z][a-z0-9-]{1,22}[a-z0-9]$", var.name)) && !can(regex("^(aws|ecs|fargate)", var.name))
+    error_message = "name must be 3-24 characters of lowercase letters, digits and hyphens, start with a letter, and not start with aws, ecs or fargate."
+  }
+}
+
+variable "tags" {
+  description = "Extra tags for every resource (added to Project and ManagedBy)."
+  type        = map(string)
+  default     = {}
+}
+
+# ---------------------------------------------------------------------------------------------
+# Networking: an existing VPC (README "Networking" says what the subnets need)
+# ---------------------------------------------------------------------------------------------
+
+variable "vpc_id" {
+  description = "ID of the existing VPC to deploy into."
+  type        = string
+
+  validation {
+    condition     = can(regex("^vpc-[0-9a-f]{8,17}$", var.vpc_id))
+    error_message = "vpc_id must be a VPC ID such as vpc-0123456789abcdef0."
+  }
+}
+
+variable "public_subnet_ids" {
+  description = "Public subnets (route to an internet gateway) for the load balancer, in at least two availability zones."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.public_subnet_ids) >= 2 && alltrue([for id in var.public_subnet_ids : can(regex("^subnet-[0-9a-f]{8,17}$", id))])
+    error_message = "public_subnet_ids needs at least two subnet IDs (subnet-...) in different availability zones: an ALB requires two zones."
+  }
+}
+
+variable "private_subnet_ids" {
+  description = "Private subnets for the GPU instances and the tasks' network interfaces; they need outbound HTTPS through a NAT gateway or VPC endpoints (ECR, S3, CloudWatch Logs, Secrets Manager, ECS, SSM messages)."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.private_subnet_ids) >= 1 && alltrue([for id in var.private_subnet_ids : can(regex("^subnet-[0-9a-f]{8,17}$", id))])
+    error_message = "private_subnet_ids needs at least one subnet ID (subnet-...); two or more zones give the service zone redundancy."
+  }
+}
+
+variable "allowed_cidrs" {
+  description = "IPv4 CIDR blocks allowed to reach the load balancer on ports 80 and 443. [\"0.0.0.0/0\"] makes the service public (then keep API keys in the secret)."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.allowed_cidrs) > 0 && alltrue([for cidr in var.allowed_cidrs : can(cidrhost(cidr, 0)) && !strcontains(cidr, ":")])
+    error_message = "allowed_cidrs needs at least one IPv4 CIDR block, e.g. 203.0.113.0/24."
+  }
+}
+
+# ---------------------------------------------------------------------------------------------
+# Load balancer
+# ---------------------------------------------------------------------------------------------
+
+variable "certificate_arn" {
+  description = "ACM certificate ARN for the HTTPS listener. Empty: a plain HTTP listener only (API keys would cross the network in clear text; see README)."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.certificate_arn == "" || can(regex("^arn:aws[a-z-]*:acm:[a-z0-9-]+:[0-9]{12}:certificate/[0-9a-f-]+$", var.certificate_arn))
+    error_message = "certificate_arn must be empty or an ACM certificate ARN (arn:aws:acm:REGION:ACCOUNT:certificate/ID)."
+  }
+}
+
+variable "ssl_policy" {
+  description = "ALB security policy for the HTTPS listener: TLS 1.2 or newer only."
+  type        = string
+  default     = "ELBSecurityPolicy-TLS13-1-2-2021-06"
+
+  validation {
+    condition     = can(regex("^ELBSecurityPolicy-(TLS13-1-[23]|TLS-1-2|FS-1-2)", var.ssl_policy))
+    error_message = "ssl_policy must be a TLS 1.2+ policy (ELBSecurityPolicy-TLS13-1-2-*, ELBSecurityPolicy-TLS13-1-3-*, ELBSecurityPolicy-TLS-1-2-*, ELBSecurityPolicy-FS-1-2-*)."
+  }
+}
+
+variable "deletion_protection" {
+  description = "Protect the load balancer from deletion. Set to false and apply before terraform destroy."
+  type        = bool
+  default     = true
+}
+
+variable "alb_access_logs_bucket" {
+  description = "Existing S3 bucket for ALB access logs (its policy must let the region's ELB log delivery write). Empty: no access logs."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.alb_access_logs_bucket == "" || can(regex("^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", var.alb_access_logs_bucket))
+    error_message = "alb_access_logs_bucket must be empty or an S3 bucket name."
+  }
+}
+
+variable "waf_rate_limit" {
+  description = "Requests per client IP per 5 minutes above which the WAF blocks that IP."
+  type        = number
+  default     = 3000
+
+  validation {
+    condition     = var.waf_rate_limit >= 100 && var.waf_rate_limit <= 2000000000
+    error_message = "waf_rate_limit must be between 100 and 2,000,000,000 (AWS WAF's bounds)."
+  }
+}
+
+# ---------------------------------------------------------------------------------------------
+# Container image and task
+# ---------------------------------------------------------------------------------------------
+
+variable "image_tag" {
+  description = "Tag of the image in this deployment's ECR repository (scripts/push.py pushes the short git commit). After the first apply, scripts/deploy.py rolls out new tags."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$", var.image_tag)) && var.image_tag != "latest"
+    error_message = "image_tag must be a valid image tag (up to 128 of A-Z a-z 0-9 _ . -) and not 'latest': tags are immutable, deploy a commit."
+  }
+}
+
+variable "model_name" {
+  description = "Model name the container serves (its CMD registers detector=detector-v1.0.mar); the container health check waits for a READY worker of it."
+  type        = string
+  default     = "detector"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9][A-Za-z0-9_-]*$", var.model_name))
+    error_message = "model_name must be letters, digits, _ and -."
+  }
+}
+
+variable "task_cpu" {
+  description = "CPU units for the task (1024 = 1 vCPU). Default: 3.5 of a g4dn.xlarge's 4 vCPUs, the rest for the ECS agent and Docker."
+  type        = number
+  default     = 3584
+
+  validation {
+    condition     = var.task_cpu >= 1024 && var.task_cpu <= 196608
+    error_message = "task_cpu must be between 1024 and 196608 CPU units."
+  }
+}
+
+variable "task_memory" {
+  description = "Memory (MiB) for the task. Default: 14 GiB of a g4dn.xlarge's 16 GiB, leaving 2 GiB for the OS, the ECS agent and Docker."
+  type        = number
+  default     = 14336
+
+  validation {
+    condition     = var.task_memory >= 4096
+    error_message = "task_memory must be at least 4096 MiB (the Java frontend takes up to 2 GiB, each worker about 1-3 GiB)."
+  }
+}
+
+variable "environment" {
+  description = "Extra OBJDETECT_<SETTING> environment values for the container, e.g. { OBJDETECT_MAX_PIXELS = \"20000000\" }. API keys never go here: they come from the secret."
+  type        = map(string)
+  default     = {}
+
+  validation {
+    condition     = alltrue([for key in keys(var.environment) : can(regex("^OBJDETECT_[A-Z0-9_]+$", key)) && key != "OBJDETECT_API_KEYS"])
+    error_message = "environment keys must be OBJDETECT_<SETTING> names; OBJDETECT_API_KEYS comes from Secrets Manager, never from here."
+  }
+}
+
+variable "enable_execute_command" {
+  description = "ECS Exec into the container: how operators reach TorchServe's management API on 127.0.0.1:8081. ECS Exec needs a writable root file system, so false also makes the root file system read-only."
+  type        = bool
+  default     = true
+}
+
+variable "health_check_grace_period_seconds" {
+  description = "Seconds the service ignores load balancer health checks after a task starts (model load on a GPU can take a minute or more)."
+  type        = number
+  default     = 120
+
+  validation {
+    condition     = var.health_check_grace_period_seconds >= 0 && var.health_check_grace_period_seconds <= 2147483647
+    error_message = "health_check_grace_period_seconds must not be negative."
+  }
+}
+
+# ---------------------------------------------------------------------------------------------
+# GPU capacity
+# ---------------------------------------------------------------------------------------------
+
+variable "instance_type" {
+  description = "GPU instance type for the ECS container instances (one GPU per task)."
+  type        = string
+  default     = "g4dn.xlarge"
+
+  validation {
+    condition     = can(regex("^(g[4-9][a-z]*|p[3-9][a-z]*)\\.[0-9a-z]+$", var.instance_type))
+    error_message = "instance_type must be an NVIDIA GPU instance type (g4dn, g5, g6, g6e, p3, p4d, p5, ...), e.g. g4dn.xlarge."
+  }
+}
+
+variable "root_volume_size_gb" {
+  description = "Size (GiB) of each GPU instance's encrypted root volume: the AMI, Docker's storage and the multi-GB CUDA image."
+  type        = number
+  default     = 100
+
+  validation {
+    condition     = var.root_volume_size_gb >= 50 && var.root_volume_size_gb <= 16384
+    error_message = "root_volume_size_gb must be between 50 and 16384."
+  }
+}
+
+variable "instance_min_count" {
+  description = "Minimum number of GPU instances. 0 lets the capacity provider scale to zero when no task runs (a cold start then waits for an instance)."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.instance_min_count >= 0 && floor(var.instance_min_count) == var.instance_min_count
+    error_message = "instance_min_count must be a whole number, 0 or more."
+  }
+}
+
+variable "instance_max_count" {
+  description = "Maximum number of GPU instances the capacity provider may run (bounds cost). Leave room for one extra task during deployments."
+  type        = number
+  default     = 4
+
+  validation {
+    condition     = var.instance_max_count >= 1 && var.instance_max_count >= var.instance_min_count && floor(var.instance_max_count) == var.instance_max_count
+    error_message = "instance_max_count must be a whole number, at least 1 and at least instance_min_count."
+  }
+}
+
+# ---------------------------------------------------------------------------------------------
+# Service auto scaling
+# ---------------------------------------------------------------------------------------------
+
+variable "min_tasks" {
+  description = "Minimum (and initial) number of tasks of the service."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.min_tasks >= 1 && floor(var.min_tasks) == var.min_tasks
+    error_message = "min_tasks must be a whole number, at least 1."
+  }
+}
+
+variable "max_tasks" {
+  description = "Maximum number of tasks the service scales out to (one GPU each)."
+  type        = number
+  default     = 3
+
+  validation {
+    condition     = var.max_tasks >= var.min_tasks && floor(var.max_tasks) == var.max_tasks
+    error_message = "max_tasks must be a whole number, at least min_tasks."
+  }
+}
+
+variable "requests_per_task_target" {
+  description = "Target for ALBRequestCountPerTarget: requests per task per minute that the service scales to keep."
+  type        = number
+  default     = 600
+
+  validation {
+    condition     = var.requests_per_task_target > 0
+    error_message = "requests_per_task_target must be positive."
+  }
+}
+
+# ---------------------------------------------------------------------------------------------
+# Logs and the registry
+# ---------------------------------------------------------------------------------------------
+
+variable "log_retention_days" {
+  description = "Retention of the service, ECS Exec and WAF log groups, in days (one of CloudWatch's allowed values)."
+  type        = number
+  default     = 365
+
+  validation {
+    condition     = contains([1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653], var.log_retention_days)
+    error_message = "log_retention_days must be one of CloudWatch's values: 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653."
+  }
+}
+
+variable "ecr_keep_images" {
+  description = "Number of most recent images kept in the ECR repository (older ones expire). Keep enough to roll back to."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.ecr_keep_images >= 2 && floor(var.ecr_keep_images) == var.ecr_keep_images
+    error_message = "ecr_keep_images must be a whole number, at least 2 (the running image and the one to roll back to)."
+  }
+}
+
+variable "ecr_force_delete" {
+  description = "Let terraform destroy delete the ECR repository even when it still holds images."
+  type        = bool
+  default     = false
+}

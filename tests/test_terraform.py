@@ -1,0 +1,443 @@
+"""terraform/: formatting, checkov, provider validation where the registry can be reached, and
+structure tests (python-hcl2) for what the deployment's safety rests on."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+
+import hcl2
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TERRAFORM_DIR = ROOT / "terraform"
+TERRAFORM_ENV = {**os.environ, "TF_CLI_CONFIG_FILE": "/dev/null", "TF_IN_AUTOMATION": "1", "CHECKPOINT_DISABLE": "1"}
+# TorchServe management and metrics, and its gRPC inference and management: all on the container's loopback.
+MANAGEMENT_AND_METRICS_PORTS = {8081, 8082, 7070, 7071}
+
+
+def terraform_binary() -> str:
+    binary = shutil.which("terraform")
+    if binary is None:
+        pytest.skip("terraform is not on PATH")
+    return binary
+
+
+@lru_cache(maxsize=1)
+def config() -> dict:
+    """Every .tf file merged: {"resource": {type: {name: body}}, "data": {...}, "variable": {name: body},
+    "output": {...}, "locals": {...}, "provider": [bodies], "terraform": [bodies]}."""
+    options = hcl2.SerializationOptions(strip_string_quotes=True, with_comments=False, explicit_blocks=False)
+    merged: dict = {"resource": {}, "data": {}, "variable": {}, "output": {}, "locals": {}, "provider": [], "terraform": []}
+    for path in sorted(TERRAFORM_DIR.glob("*.tf")):
+        with open(path) as handle:
+            parsed = hcl2.load(handle, serialization_options=options)
+        for kind in ("resource", "data"):
+            for block in parsed.get(kind, []):
+                for type_, named in block.items():
+                    for name, body in named.items():
+                        assert name not in merged[kind].setdefault(type_, {}), f"{type_}.{name} defined twice"
+                        merged[kind][type_][name] = body
+        for kind in ("variable", "output"):
+            for block in parsed.get(kind, []):
+                merged[kind].update(block)
+        for block in parsed.get("locals", []):
+            merged["locals"].update(block)
+        for block in parsed.get("provider", []):
+            merged["provider"].extend(block.values())
+        merged["terraform"].extend(parsed.get("terraform", []))
+    return merged
+
+
+def resources(type_: str) -> dict:
+    return config()["resource"].get(type_, {})
+
+
+def one(value):
+    """Blocks come as lists of one body."""
+    assert isinstance(value, list) and len(value) == 1, value
+    return value[0]
+
+
+# --- tools -----------------------------------------------------------------------------------
+
+def test_terraform_files_are_formatted():
+    done = subprocess.run([terraform_binary(), "fmt", "-check", "-recursive", "-diff", str(TERRAFORM_DIR)],
+                          capture_output=True, text=True, env=TERRAFORM_ENV, timeout=60)
+    assert done.returncode == 0, f"terraform fmt would change:\n{done.stdout}{done.stderr}"
+
+
+def checkov_binary() -> str:
+    binary = os.environ.get("CHECKOV_BIN") or str(ROOT / ".venv-checkov" / "bin" / "checkov")
+    if not Path(binary).exists():
+        pytest.fail(f"checkov not found at {binary}: create its venv (make setup) or set CHECKOV_BIN")
+    return binary
+
+
+def test_checkov_finds_no_failed_check_and_every_skip_says_why():
+    # checkov ships its own copy of the hcl2 module: keep this interpreter's paths out of its venv.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    done = subprocess.run([checkov_binary(), "--skip-download", "--framework", "terraform", "-d", str(TERRAFORM_DIR),
+                           "--output", "json"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert done.stdout.strip(), f"checkov printed nothing (exit {done.returncode}):\n{done.stderr[-3000:]}"
+    report = json.loads(done.stdout)
+    failed = [f"{c['check_id']} {c['resource']} ({c['file_path']}): {c['check_name']}" for c in report["results"]["failed_checks"]]
+    assert not failed, "checkov failed checks:\n" + "\n".join(failed)
+    assert report["summary"]["parsing_errors"] == 0
+    assert report["summary"]["passed"] > 100  # it really scanned the configuration
+    for check in report["results"]["skipped_checks"]:
+        reason = check["check_result"].get("suppress_comment", "")
+        assert len(reason) >= 40, f"{check['check_id']} on {check['resource']} is skipped without a real reason: {reason!r}"
+
+
+def test_every_checkov_skip_is_inline_in_its_resource():
+    skips = [(path.name, line.strip()) for path in TERRAFORM_DIR.glob("*.tf")
+             for line in path.read_text().splitlines() if "checkov:skip" in line]
+    assert skips  # the known skips are documented in place
+    for name, line in skips:
+        assert re.fullmatch(r"#checkov:skip=CKV2?_AWS_\d+:.{40,}", line), f"{name}: {line}"
+
+
+def test_terraform_validates_where_the_provider_registry_is_reachable(tmp_path):
+    """`terraform init -backend=false && terraform validate` in a copy of terraform/. Where the
+    registry cannot be reached (no internet here), skipped with terraform's own error; init still
+    proves first that terraform parses the configuration."""
+    workdir = tmp_path / "terraform"
+    shutil.copytree(TERRAFORM_DIR, workdir, ignore=shutil.ignore_patterns(".terraform", "*.tfstate*"))
+    try:
+        init = subprocess.run([terraform_binary(), "init", "-backend=false", "-input=false", "-no-color"],
+                              cwd=workdir, capture_output=True, text=True, env=TERRAFORM_ENV, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.skip("terraform init did not finish within 120 s: the provider registry is too slow or unreachable")
+    output = init.stdout + init.stderr
+    if init.returncode != 0:
+        registry_errors = ("registry.terraform.io", "could not connect to registry", "Failed to query available provider packages",
+                           "Failed to install provider", "dial tcp", "no such host", "i/o timeout")
+        assert "Initializing provider plugins" in output, f"terraform init failed before installing providers:\n{output}"
+        if any(marker in output for marker in registry_errors):
+            reason = " ".join(output[output.find("Error:"):].split())[:400]
+            pytest.skip(f"provider registry unreachable, terraform validate needs the aws provider: {reason}")
+        pytest.fail(f"terraform init failed:\n{output}")
+    validate = subprocess.run([terraform_binary(), "validate", "-no-color"], cwd=workdir, capture_output=True,
+                              text=True, env=TERRAFORM_ENV, timeout=120)
+    assert validate.returncode == 0, validate.stdout + validate.stderr
+
+
+# --- versions, backend, variables, outputs ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def variables_only(tmp_path_factory) -> Path:
+    """variables.tf alone: a configuration that needs no provider, so terraform evaluates its
+    validation rules offline (`plan` with no resources)."""
+    workdir = tmp_path_factory.mktemp("variables")
+    shutil.copy(TERRAFORM_DIR / "variables.tf", workdir)
+    init = subprocess.run([terraform_binary(), "init", "-input=false", "-no-color"], cwd=workdir,
+                          capture_output=True, text=True, env=TERRAFORM_ENV, timeout=60)
+    assert init.returncode == 0, init.stdout + init.stderr
+    return workdir
+
+
+def plan_variables(workdir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    arguments = [f"-var={override}" for override in overrides]
+    return subprocess.run([terraform_binary(), "plan", "-input=false", "-no-color", "-lock=false",
+                           f"-var-file={TERRAFORM_DIR / 'terraform.tfvars.example'}", *arguments],
+                          cwd=workdir, capture_output=True, text=True, env=TERRAFORM_ENV, timeout=60)
+
+
+def test_the_example_tfvars_passes_every_validation(variables_only):
+    done = plan_variables(variables_only)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("override", [
+    "image_tag=latest",
+    "instance_type=m5.large",
+    'allowed_cidrs=["0.0.0.0/0", "not-a-cidr"]',
+    'public_subnet_ids=["subnet-0aaaaaaaaaaaaaaaa"]',
+    "certificate_arn=arn:aws:iam::123456789012:server-certificate/x",
+    "ssl_policy=ELBSecurityPolicy-2016-08",
+    "log_retention_days=10",
+    "max_tasks=0",
+    "instance_max_count=0",
+    'environment={"OBJDETECT_API_KEYS": "key"}',
+    "name=ecs-objdetect",
+])
+def test_variables_refuse_bad_values(variables_only, override):
+    done = plan_variables(variables_only, override)
+    variable = override.split("=", 1)[0]
+    assert done.returncode != 0, f"{override} was accepted"
+    assert "Invalid value for variable" in done.stderr and variable in done.stderr, done.stderr
+
+
+def test_terraform_and_the_aws_provider_are_pinned():
+    settings = config()["terraform"]
+    assert any(block.get("required_version") == ">= 1.11" for block in settings)
+    providers = [one(block["required_providers"]) for block in settings if "required_providers" in block]
+    aws = one(providers)["aws"]
+    assert aws["source"] == "hashicorp/aws"
+    assert re.fullmatch(r"~> 6\.\d+(\.\d+)?", aws["version"])
+
+
+def test_state_lives_in_s3_with_a_lock_file():
+    backends = [one(block["backend"]) for block in config()["terraform"] if "backend" in block]
+    assert one(backends) == {"s3": {}}  # settings come from backend.hcl per environment
+    example = (TERRAFORM_DIR / "backend.hcl.example").read_text()
+    for setting in ("bucket", "key", "region"):
+        assert re.search(rf"^{setting}\s*=", example, re.M)
+    assert re.search(r"^use_lockfile\s*=\s*true", example, re.M)
+    assert re.search(r"^encrypt\s*=\s*true", example, re.M)
+
+
+def test_every_variable_is_typed_and_described_and_the_example_sets_the_required_ones():
+    variables = config()["variable"]
+    for name, body in variables.items():
+        assert body.get("type"), f"variable {name} has no type"
+        assert len(body.get("description", "")) > 20, f"variable {name} has no real description"
+    example = (TERRAFORM_DIR / "terraform.tfvars.example").read_text()
+    for name, body in variables.items():
+        if "default" not in body:
+            assert re.search(rf"^{name}\s*=", example, re.M), f"terraform.tfvars.example does not set required {name}"
+    validated = [name for name, body in variables.items() if "validation" in body]
+    assert len(validated) >= len(variables) - 4  # only free-form ones (tags, booleans) go unvalidated
+
+
+def test_outputs_name_the_repository_load_balancer_cluster_and_service():
+    outputs = config()["output"]
+    expected = {"ecr_repository_url": "aws_ecr_repository.this.repository_url", "alb_dns_name": "aws_lb.this.dns_name",
+                "cluster_name": "aws_ecs_cluster.this.name", "service_name": "aws_ecs_service.this.name"}
+    for name, reference in expected.items():
+        assert outputs[name]["value"] == "${" + reference + "}"
+
+
+# --- credentials -----------------------------------------------------------------------------
+
+def test_no_credentials_in_any_provider_block():
+    providers = config()["provider"]
+    assert providers
+    for provider in providers:
+        assert set(provider) <= {"region", "default_tags"}, f"provider sets {sorted(provider)}"
+        assert provider["region"] == "${var.region}"
+
+
+def test_no_access_key_anywhere_in_terraform():
+    access_key_id = re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b")
+    credential_argument = re.compile(r"^\s*(access_key|secret_key|token|shared_credentials_files?|profile)\s*=")
+    files = [path for path in TERRAFORM_DIR.rglob("*") if path.is_file() and ".terraform" not in path.parts]
+    assert files
+    for path in files:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            assert not access_key_id.search(line), f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+            if path.suffix in (".tf", ".hcl", ".example", ".tfvars"):
+                assert not credential_argument.search(line), f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+
+
+# --- registry --------------------------------------------------------------------------------
+
+def test_ecr_tags_are_immutable_scanned_on_push_encrypted_and_expire():
+    repository = resources("aws_ecr_repository")["this"]
+    assert repository["image_tag_mutability"] == "IMMUTABLE"
+    assert one(repository["image_scanning_configuration"])["scan_on_push"] is True
+    assert one(repository["encryption_configuration"])["encryption_type"] in ("KMS", "AES256")
+    policy = resources("aws_ecr_lifecycle_policy")["this"]
+    assert policy["repository"] == "${aws_ecr_repository.this.name}"
+    assert "imageCountMoreThan" in policy["policy"]
+
+
+# --- the task --------------------------------------------------------------------------------
+
+def container() -> dict:
+    task = resources("aws_ecs_task_definition")["this"]
+    assert task["container_definitions"] == "${jsonencode([local.container])}"
+    return config()["locals"]["container"]
+
+
+def test_task_needs_one_gpu_on_ec2_in_awsvpc_mode():
+    task = resources("aws_ecs_task_definition")["this"]
+    assert task["requires_compatibilities"] == ["EC2"]
+    assert task["network_mode"] == "awsvpc"
+    assert container()["resourceRequirements"] == [{"type": "GPU", "value": "1"}]
+    assert task["cpu"] == "${tostring(var.task_cpu)}" and task["memory"] == "${tostring(var.task_memory)}"
+    variables = config()["variable"]
+    # Sized for a g4dn.xlarge (4 vCPU, 16 GiB) with headroom for the agent, checked against the type.
+    assert variables["instance_type"]["default"] == "g4dn.xlarge"
+    assert variables["task_cpu"]["default"] < 4096 and variables["task_memory"]["default"] <= 16384 - 2048
+    conditions = [p["condition"] for p in one(task["lifecycle"])["precondition"]]
+    assert any("memory_size" in c for c in conditions) and any("default_vcpus" in c for c in conditions)
+
+
+def test_api_keys_come_from_secrets_manager_never_from_the_environment():
+    definition = container()
+    assert definition["secrets"] == [{"name": "OBJDETECT_API_KEYS", "valueFrom": "${aws_secretsmanager_secret.api_keys.arn}"}]
+    assert "OBJDETECT_API_KEYS" not in json.dumps(definition["environment"])
+    validation = one(config()["variable"]["environment"]["validation"])
+    assert 'key != "OBJDETECT_API_KEYS"' in validation["condition"]
+    assert "aws_secretsmanager_secret_version" not in config()["resource"]  # the value never enters the state
+
+
+def test_container_runs_as_non_root_with_init_health_check_and_logs():
+    definition = container()
+    assert definition["user"] == "10001:10001"
+    assert definition["image"] == "${aws_ecr_repository.this.repository_url}:${var.image_tag}"
+    assert definition["linuxParameters"]["initProcessEnabled"] is True
+    assert definition["privileged"] is False
+    assert definition["healthCheck"]["command"] == ["CMD", "python", "/opt/objdetect/scripts/server.py", "--check", "${var.model_name}"]
+    assert definition["healthCheck"]["startPeriod"] == "${min(var.health_check_grace_period_seconds, 300)}"
+    assert 3 < definition["stopTimeout"] <= 120
+    assert [m["containerPort"] for m in definition["portMappings"]] == ["${local.inference_port}"]
+    assert config()["locals"]["inference_port"] == 8080
+    logs = definition["logConfiguration"]
+    assert logs["logDriver"] == "awslogs" and logs["options"]["awslogs-group"] == "${aws_cloudwatch_log_group.service.name}"
+
+
+def test_root_file_system_is_read_only_unless_ecs_exec_needs_it_and_scratch_space_is_writable():
+    definition = container()
+    assert definition["readonlyRootFilesystem"] == "${local.readonly_root}"
+    assert config()["locals"]["readonly_root"] == "${!var.enable_execute_command}"
+    assert {m["containerPath"] for m in definition["linuxParameters"]["tmpfs"]} == {"/tmp", "/home/objdetect"}
+
+
+# --- load balancer, security groups ----------------------------------------------------------
+
+def test_target_group_checks_ping_and_targets_task_addresses():
+    group = resources("aws_lb_target_group")["this"]
+    check = one(group["health_check"])
+    assert check["path"] == "/ping" and check["matcher"] == "200"
+    assert group["target_type"] == "ip"
+    assert group["port"] == "${local.inference_port}"
+    assert 5 <= group["deregistration_delay"] <= 120
+
+
+def test_https_with_a_certificate_tls12_and_redirect_else_plain_http():
+    listeners = resources("aws_lb_listener")
+    https, redirect, http = listeners["https"], listeners["http_redirect"], listeners["http"]
+    assert https["count"] == redirect["count"] == "${local.https ? 1 : 0}"
+    assert http["count"] == "${local.https ? 0 : 1}"
+    assert config()["locals"]["https"] == '${var.certificate_arn != ""}'
+    assert https["protocol"] == "HTTPS" and https["ssl_policy"] == "${var.ssl_policy}"
+    assert config()["variable"]["ssl_policy"]["default"].startswith("ELBSecurityPolicy-TLS13-1-2")
+    action = one(redirect["default_action"])
+    assert action["type"] == "redirect"
+    assert one(action["redirect"]) == {"port": "443", "protocol": "HTTPS", "status_code": "HTTP_301"}
+    assert "HTTP without a certificate" in (TERRAFORM_DIR / "README.md").read_text()
+
+
+def port_range(rule: dict) -> range | None:
+    """The ports a rule opens; None for all ports (protocol -1)."""
+    if str(rule.get("ip_protocol")) in ("-1", "all"):
+        return None
+    return range(int(resolve(rule["from_port"])), int(resolve(rule["to_port"])) + 1)
+
+
+def resolve(value):
+    """A number, or a reference to a local holding one ("${local.inference_port}")."""
+    match = re.fullmatch(r"\$\{local\.(\w+)\}", str(value))
+    return config()["locals"][match[1]] if match else value
+
+
+def test_no_rule_ever_opens_the_management_or_metrics_port():
+    rules = {**resources("aws_vpc_security_group_ingress_rule"), **resources("aws_vpc_security_group_egress_rule")}
+    assert rules
+    assert not resources("aws_security_group_rule")
+    for group in resources("aws_security_group").values():
+        assert "ingress" not in group and "egress" not in group, "inline rules: keep every rule a resource, checked here"
+    for name, rule in rules.items():
+        ports = port_range(rule)
+        assert ports is not None, f"rule {name} opens every port"
+        assert not MANAGEMENT_AND_METRICS_PORTS & set(ports), f"rule {name} opens {ports}"
+
+
+def test_security_group_descriptions_use_only_characters_ec2_accepts():
+    allowed = re.compile(r"[a-zA-Z0-9 ._\-:/()#,@\[\]+=;{}!$*]*")  # EC2's set for groups and rules (no ' or &)
+    described = {**resources("aws_security_group"), **resources("aws_vpc_security_group_ingress_rule"),
+                 **resources("aws_vpc_security_group_egress_rule")}
+    for name, body in described.items():
+        text = re.sub(r"\$\{[^}]*\}", "x", body["description"])  # interpolations: names and CIDRs
+        assert allowed.fullmatch(text), f"{name}: {body['description']!r}"
+
+
+def test_tasks_accept_only_the_inference_port_and_only_from_the_load_balancer():
+    ingress = resources("aws_vpc_security_group_ingress_rule")
+    to_tasks = {name: rule for name, rule in ingress.items() if rule["security_group_id"] == "${aws_security_group.task.id}"}
+    assert list(to_tasks) == ["task_from_alb"]
+    rule = to_tasks["task_from_alb"]
+    assert rule["referenced_security_group_id"] == "${aws_security_group.alb.id}"
+    assert "cidr_ipv4" not in rule
+    assert rule["from_port"] == rule["to_port"] == "${local.inference_port}"
+    assert not [r for r in ingress.values() if r["security_group_id"] == "${aws_security_group.instance.id}"]
+    for rule in ingress.values():
+        if rule["security_group_id"] == "${aws_security_group.alb.id}":
+            assert rule["from_port"] in (80, 443) and rule["cidr_ipv4"] == "${each.value}"
+
+
+# --- service, scaling, capacity --------------------------------------------------------------
+
+def test_service_rolls_back_failed_deployments_and_allows_ecs_exec():
+    service = resources("aws_ecs_service")["this"]
+    assert one(service["deployment_circuit_breaker"]) == {"enable": True, "rollback": True}
+    assert service["enable_execute_command"] == "${var.enable_execute_command}"
+    assert config()["variable"]["enable_execute_command"]["default"] is True
+    assert service["health_check_grace_period_seconds"] == "${var.health_check_grace_period_seconds}"
+    assert config()["variable"]["health_check_grace_period_seconds"]["default"] >= 120
+    assert one(service["load_balancer"])["container_port"] == "${local.inference_port}"
+    assert one(service["network_configuration"])["assign_public_ip"] is False
+    assert one(service["capacity_provider_strategy"])["capacity_provider"] == "${aws_ecs_capacity_provider.gpu.name}"
+
+
+def test_service_scales_on_alb_requests_per_target():
+    target = resources("aws_appautoscaling_target")["service"]
+    assert target["scalable_dimension"] == "ecs:service:DesiredCount"
+    assert target["min_capacity"] == "${var.min_tasks}" and target["max_capacity"] == "${var.max_tasks}"
+    policy = resources("aws_appautoscaling_policy")["requests_per_task"]
+    assert policy["policy_type"] == "TargetTrackingScaling"
+    metric = one(one(policy["target_tracking_scaling_policy_configuration"])["predefined_metric_specification"])
+    assert metric["predefined_metric_type"] == "ALBRequestCountPerTarget"
+    assert metric["resource_label"] == "${aws_lb.this.arn_suffix}/${aws_lb_target_group.this.arn_suffix}"
+
+
+def test_gpu_instances_require_imdsv2_encrypt_volumes_and_join_the_cluster_with_gpu_support():
+    template = resources("aws_launch_template")["gpu"]
+    metadata = one(template["metadata_options"])
+    assert metadata["http_tokens"] == "required" and metadata["http_put_response_hop_limit"] == 1
+    volume = one(one(template["block_device_mappings"])["ebs"])
+    assert volume["encrypted"] is True
+    assert config()["data"]["aws_ssm_parameter"]["gpu_ami"]["name"] == \
+        "/aws/service/ecs/optimized-ami/amazon-linux-2023/gpu/recommended/image_id"
+    assert "ECS_CLUSTER=${var.name}" in template["user_data"] and "ECS_ENABLE_GPU_SUPPORT=true" in template["user_data"]
+    assert template["instance_type"] == "${var.instance_type}"
+
+
+def test_capacity_provider_scales_gpu_instances_and_is_the_cluster_default():
+    provider = one(resources("aws_ecs_capacity_provider")["gpu"]["auto_scaling_group_provider"])
+    assert one(provider["managed_scaling"])["status"] == "ENABLED"
+    assert provider["managed_termination_protection"] == "ENABLED"
+    assert resources("aws_autoscaling_group")["gpu"]["protect_from_scale_in"] is True
+    default = one(resources("aws_ecs_cluster_capacity_providers")["this"]["default_capacity_provider_strategy"])
+    assert default["capacity_provider"] == "${aws_ecs_capacity_provider.gpu.name}"
+    setting = one(resources("aws_ecs_cluster")["this"]["setting"])
+    assert setting == {"name": "containerInsights", "value": "enabled"}
+
+
+def test_logs_are_encrypted_and_kept_for_the_configured_retention():
+    groups = resources("aws_cloudwatch_log_group")
+    assert groups
+    for name, group in groups.items():
+        assert group["retention_in_days"] == "${var.log_retention_days}", name
+        assert group["kms_key_id"] == "${aws_kms_key.this.arn}", name
+    assert resources("aws_kms_key")["this"]["enable_key_rotation"] is True
+
+
+def test_readme_walks_a_newcomer_from_prerequisites_to_teardown():
+    readme = (TERRAFORM_DIR / "README.md").read_text()
+    steps = re.findall(r"^### (\d+)\. ", readme, re.M)
+    assert steps == [str(n) for n in range(1, len(steps) + 1)] and len(steps) >= 8
+    for needed in ("## Deploy to AWS", "terraform init -backend-config=backend.hcl", "put-secret-value",
+                   "scripts/push.py", "scripts/deploy.py", "X-API-Key", "aws ecs execute-command", "127.0.0.1:8081",
+                   "0.526", "check current pricing", "NAT gateway", "terraform destroy", "ecr_force_delete",
+                   "## Networking", "Not verified"):
+        assert needed in readme, f"terraform/README.md does not mention {needed!r}"
