@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+CHECKOV_VENV := .venv-checkov
+CHECKOV := $(CHECKOV_VENV)/bin/checkov
 
 MODEL ?=
 WEIGHTS ?=
@@ -13,10 +15,12 @@ VERSION ?= 1.0
 INFERENCE_PORT ?= 8080
 MANAGEMENT_PORT ?= 8081
 METRICS_PORT ?= 8082
+GRPC_INFERENCE_PORT ?= 7070
+GRPC_MANAGEMENT_PORT ?= 7071
 
-.PHONY: setup serve mar test train-embedded clean
+.PHONY: setup serve mar test train-embedded clean image image-test loadtest soak
 
-setup: $(INSTALLED)
+setup: $(INSTALLED) $(CHECKOV)
 
 # The venv in the checkout, with the pinned dependencies; redone when pyproject.toml changes.
 $(INSTALLED): pyproject.toml
@@ -24,10 +28,16 @@ $(INSTALLED): pyproject.toml
 	$(PY) -m pip install --no-cache-dir -e '.[dev]'
 	touch $@
 
+# checkov (Terraform checks) in a venv of its own: it ships its own copy of the hcl2 module.
+$(CHECKOV):
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --no-cache-dir checkov==3.3.30
+
 # Builds the archive into model_store/, serves it on 127.0.0.1 until Ctrl-C (or SIGTERM).
 serve: $(INSTALLED)
 	exec $(PY) scripts/serve.py --name $(NAME) \
 	  --inference-port $(INFERENCE_PORT) --management-port $(MANAGEMENT_PORT) --metrics-port $(METRICS_PORT) \
+	  --grpc-inference-port $(GRPC_INFERENCE_PORT) --grpc-management-port $(GRPC_MANAGEMENT_PORT) \
 	  $(if $(MODEL),--model $(MODEL)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(LABELS),--labels $(LABELS))
 
 # model_store/$(NAME)-v$(VERSION).mar for MODEL (default: the embedded model).
@@ -35,7 +45,7 @@ mar: $(INSTALLED)
 	$(PY) scripts/build_mar.py --model $(or $(MODEL),shapes) --name $(NAME) --version $(VERSION) \
 	  $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(LABELS),--labels $(LABELS))
 
-test: $(INSTALLED)
+test: $(INSTALLED) $(CHECKOV)
 	$(PY) -m pytest
 
 # Retrains the embedded model from scratch (about 20 minutes on 2 cores); CI never does.
@@ -44,3 +54,26 @@ train-embedded: $(INSTALLED)
 
 clean:
 	rm -rf model_store/*.mar logs .pytest_cache
+
+# The container image objdetect:$(FLAVOR) (cuda or cpu), and its sizes. See docs/image.md.
+FLAVOR ?= cuda
+image:
+	FLAVOR=$(FLAVOR) MODEL=$(or $(MODEL),shapes) bash scripts/image.sh
+
+# Builds objdetect:cuda, runs it and checks it (health, a prediction, non-root, nothing to build
+# with inside, SIGTERM); prints the sizes and the cold start.
+image-test: $(INSTALLED) $(CHECKOV)
+	$(PY) scripts/image_test.py
+
+# Load test with locust (headless) against HOST, or a local server started for the run; the
+# report lands in reports/loadtest-<timestamp>/. `make soak` runs at a fixed rate and watches memory.
+HOST ?=
+USERS ?= 4
+SPAWN_RATE ?= 2
+DURATION ?= 60s
+RATE ?= 1
+loadtest: $(INSTALLED) $(CHECKOV)
+	$(PY) scripts/loadtest.py $(if $(HOST),--host $(HOST)) --users $(USERS) --spawn-rate $(SPAWN_RATE) --duration $(DURATION)
+
+soak: $(INSTALLED)
+	$(PY) scripts/loadtest.py $(if $(HOST),--host $(HOST)) --users $(USERS) --spawn-rate $(SPAWN_RATE) --duration $(DURATION) --soak --rate $(RATE)
