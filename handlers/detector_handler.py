@@ -25,8 +25,9 @@ class DetectorHandler:
     def initialize(self, context):
         properties = context.system_properties
         settings = Settings.load(context.model_yaml_config.get("handler"), os.environ)
-        if settings.torch_threads:
-            torch.set_num_threads(settings.torch_threads)
+        # Intra-op threads: the cores shared among this model's workers, so they do not oversubscribe.
+        workers = max(1, int(context.model_yaml_config.get("maxWorkers", 1)))
+        torch.set_num_threads(settings.torch_threads or max(1, len(os.sched_getaffinity(0)) // workers))
         gpu_id = properties.get("gpu_id")
         device = torch.device(f"cuda:{gpu_id}" if torch.cuda.is_available() and gpu_id is not None else "cpu")
         version = context.manifest["model"].get("modelVersion", "1.0")

@@ -40,11 +40,13 @@ def default_settings() -> Settings:
 
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory) -> Path:
-    """A model store with the embedded model's archive, and a second archive of the same model
-    whose operator settings trust loopback URLs and require an API key."""
+    """A model store with the embedded model's archive ("detector"), the same model on the exact
+    path ("exact": no JPEG draft, no uint8 pre-resize), and one whose operator settings trust
+    loopback URLs and require an API key ("guarded")."""
     store = tmp_path_factory.mktemp("model_store")
     build_mar(registry.EMBEDDED, store, "detector", "1.0",
               config=_test_config(store, "detector", "batchSize: 4\nmaxBatchDelay: 300\n"))
+    build_mar(registry.EMBEDDED, store, "exact", "1.0", config=exact_config(store))
     guarded = _test_config(store, "guarded", "batchSize: 1\n", handler=(
         "handler:\n"
         "  url_trusted_networks: [127.0.0.0/8]\n"
@@ -52,6 +54,10 @@ def model_store(tmp_path_factory) -> Path:
         "  api_keys: [test-key]\n"))
     build_mar(registry.EMBEDDED, store, "guarded", "1.0", config=guarded)
     return store
+
+
+def exact_config(store: Path) -> Path:
+    return _test_config(store, "exact", "batchSize: 1\n", handler="handler:\n  jpeg_draft: false\n  pre_resize: false\n")
 
 
 def _test_config(store: Path, name: str, batching: str, handler: str = "") -> Path:
@@ -69,7 +75,8 @@ def _test_config(store: Path, name: str, batching: str, handler: str = "") -> Pa
 @pytest.fixture(scope="session")
 def server(model_store):
     """One real TorchServe on free loopback ports for the whole session, always stopped."""
-    ts = TorchServe(model_store, {"detector": "detector-v1.0.mar", "guarded": "guarded-v1.0.mar"}, Ports.free())
+    ts = TorchServe(model_store, {"detector": "detector-v1.0.mar", "exact": "exact-v1.0.mar",
+                                  "guarded": "guarded-v1.0.mar"}, Ports.free())
     with ts:
         yield ts
 

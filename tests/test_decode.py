@@ -84,14 +84,20 @@ def test_exif_orientation_is_applied_and_sizes_are_upright():
 
 def test_jpeg_draft_decodes_fewer_pixels_but_reports_the_original_size():
     photo = Image.new("RGB", (4000, 3000), RED)
-    image = decode_image(encode(photo, "JPEG"), LIMIT, draft_side=600)
+    image = decode_image(encode(photo, "JPEG"), LIMIT, used_size=lambda w, h: (w * 600 // h, 600))
     assert (image.width, image.height) == (4000, 3000)
     assert image.pixels.shape == (3, 750, 1000)  # 1/4 scale: the smallest that keeps 600 px
     assert image.scale == (4.0, 4.0)
+    assert np.allclose(image.pixels[:, 300, 500].tolist(), RED, atol=12)
+
+
+def test_a_jpeg_the_model_uses_whole_is_decoded_whole():
+    image = decode_image(encode(Image.new("RGB", (640, 480), RED), "JPEG"), LIMIT, used_size=lambda w, h: (w, h))
+    assert image.pixels.shape == (3, 480, 640)
 
 
 def test_png_is_never_drafted():
-    image = decode_image(encode(Image.new("RGB", (800, 600), RED), "PNG"), LIMIT, draft_side=100)
+    image = decode_image(encode(Image.new("RGB", (800, 600), RED), "PNG"), LIMIT, used_size=lambda w, h: (80, 60))
     assert image.pixels.shape == (3, 600, 800) and image.scale == (1.0, 1.0)
 
 

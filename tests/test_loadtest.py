@@ -32,9 +32,10 @@ def test_a_short_run_writes_the_numbers_locust_measured(server, tmp_path):
         assert summary[key] == float(aggregated[column])
     # Every request type of the mix was sent and validated.
     assert set(summary["per_request_type"]) >= {"jpeg 640x480", "json b64 640x480"}
-    # One line per successful answer; answers still in flight when the run stops may add a few.
+    # One line per successful answer; answers that land while locust winds down (after its final
+    # statistics) may add a few, one or two per user.
     latencies = (out / "latencies.txt").read_text().split()
-    assert 0 <= len(latencies) - (summary["requests"] - summary["failures"]) <= 2
+    assert 0 <= len(latencies) - (summary["requests"] - summary["failures"]) <= 6
     report = (out / "report.md").read_text()
     assert f"| {summary['requests']} | {summary['failures']} | {summary['throughput_rps']} |" in report
     for plot in ("over_time.png", "latency_distribution.png"):

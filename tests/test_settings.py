@@ -24,6 +24,12 @@ def test_environment_overrides_the_archive_config():
     assert settings.default_threshold == 0.3
 
 
+def test_switches_take_the_usual_spellings():
+    assert Settings.load({"jpeg_draft": False}, {}).jpeg_draft is False
+    assert Settings.load({}, {"OBJDETECT_PRE_RESIZE": "off", "OBJDETECT_JPEG_DRAFT": "0"}).pre_resize is False
+    assert Settings.load({}, {"OBJDETECT_CUDA_FP16": "TRUE"}).cuda_fp16 is True
+
+
 def test_api_keys_never_appear_in_logs():
     assert "s3cret" not in repr(Settings.load({}, {"OBJDETECT_API_KEYS": "s3cret"}))
 
@@ -36,6 +42,7 @@ def test_api_keys_never_appear_in_logs():
     ({"default_threshold": 3}, {}, "default_threshold must be within 0..1"),
     ({}, {"OBJDETECT_URL_TRUSTED_NETWORKS": "10.0.0.0/8,not-a-network"}, "url_trusted_networks"),
     ({"fetch_read_timeout_s": True}, {}, "fetch_read_timeout_s must be float"),
+    ({}, {"OBJDETECT_JPEG_DRAFT": "maybe"}, "jpeg_draft must be bool"),
 ])
 def test_bad_values_stop_the_load_and_name_the_setting(config, env, words):
     with pytest.raises(ValueError, match=words):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -40,9 +41,12 @@ class DecodedImage:
         return self.width / self.pixels.shape[2], self.height / self.pixels.shape[1]
 
 
-def decode_image(data: bytes, max_pixels: int, draft_side: int | None = None) -> DecodedImage:
-    """Decode `data`; with `draft_side`, a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (DCT-domain
-    downscaling) as long as its shorter side stays at least `draft_side` pixels."""
+def decode_image(data: bytes, max_pixels: int,
+                 used_size: Callable[[int, int], tuple[int, int]] | None = None) -> DecodedImage:
+    """Decode `data`. With `used_size` (width, height -> the size the pixels will be used at), a JPEG
+    is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT-domain downscaling, Pillow's draft mode)
+    when that still gives at least that size: a phone photo's 12 megapixels are never decoded for
+    a model that looks at 0.3 of them."""
     if not data:
         raise RequestError("empty_body", "the image is empty (0 bytes)")
     try:
@@ -63,9 +67,8 @@ def decode_image(data: bytes, max_pixels: int, draft_side: int | None = None) ->
         try:
             if image.getexif().get(_EXIF_ORIENTATION) in _TRANSPOSING_ORIENTATIONS:
                 width, height = height, width
-            if draft_side and image.format == "JPEG":
-                shorter = min(image.size)
-                image.draft("RGB", (image.size[0] * draft_side // shorter, image.size[1] * draft_side // shorter))
+            if used_size is not None and image.format == "JPEG":
+                image.draft("RGB", used_size(*image.size))
             rgb = _to_rgb(ImageOps.exif_transpose(image))
         except Exception as error:
             raise RequestError("corrupt_image", f"the image is truncated or corrupt: {error}") from None
@@ -88,3 +91,19 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     # np.array, not asarray: Pillow hands out read-only memory, and tensors want it writable.
     return np.array(image.convert("RGB"))
 
+
+
+def decode_jpeg_on_gpu(data: bytes, max_pixels: int, device: "torch.device") -> DecodedImage:
+    """A JPEG decoded by nvJPEG on `device` (torchvision.io), EXIF orientation applied there.
+    The header is still read, and the pixel limit checked, by Pillow first. Raises for anything
+    nvJPEG cannot take (CMYK, progressive corner cases); the caller falls back to decode_image."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    with Image.open(io.BytesIO(data), formats=("JPEG",)) as header:
+        width, height = header.size
+        if width * height > max_pixels:
+            raise RequestError("image_too_large", f"the image is {width}x{height} ({width * height / 1e6:.1f} "
+                               f"megapixels): the limit is {max_pixels / 1e6:.1f} megapixels", status=413)
+    encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    pixels = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
+    return DecodedImage(pixels, pixels.shape[2], pixels.shape[1])

@@ -13,6 +13,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from . import registry
-from .decode import DecodedImage, decode_image
+from .decode import DecodedImage, decode_image, decode_jpeg_on_gpu
 from .detections import Detections
 from .errors import RequestError
 from .fetch import fetch_image
@@ -29,7 +30,7 @@ from .postprocess import postprocess
 from .predict import predict
 from .render import render_jpeg
 from .settings import Settings
-from .transform import to_model_input
+from .transform import fit_to_model, model_input_size, to_model_input
 
 log = logging.getLogger(__name__)
 MODEL_INFO = "model.json"  # written into the archive by scripts/build_mar.py
@@ -68,10 +69,15 @@ class Detector:
     def __init__(self, model: nn.Module, class_names: list[str], settings: Settings,
                  device: torch.device | str = "cpu", name: str = "detector", version: str = "1.0",
                  fetch: Callable[[str, Settings], bytes] = fetch_image):
-        self.model = model.eval().to(device)
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
+        if self.device.type == "cuda":
+            # NHWC convolutions use the tensor cores; cuDNN picks the fastest kernel per input shape
+            # (the model pads its batches to multiples of 32, which bounds the number of shapes).
+            self.model.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True
         self.class_names = class_names
         self.settings = settings
-        self.device = torch.device(device)
         self.name, self.version = name, version
         self.fetch = fetch
         self.limits = OptionLimits(
@@ -79,6 +85,10 @@ class Detector:
             max_detections=model.roi_heads.detections_per_img,
             default_threshold=settings.default_threshold,
         )
+        # The size the model resizes to (GeneralizedRCNNTransform's): what decoding need not exceed.
+        self.model_size = partial(model_input_size, min_size=model.transform.min_size[-1],
+                                  max_size=model.transform.max_size)
+        self.fp16 = self.device.type == "cuda" and settings.cuda_fp16
         self._readers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="objdetect-read")
 
     @classmethod
@@ -112,14 +122,26 @@ class Detector:
                 data = self.fetch(parsed.url, self.settings)
                 timings["fetch"] = _ms_since(clock)
                 clock = time.perf_counter()
-            image = decode_image(data, self.settings.max_pixels)
+            image = self._decode(data)
             timings["decode"] = _ms_since(clock)
             if max(image.width, image.height) > MAX_ASPECT_RATIO * min(image.width, image.height):
                 raise RequestError("bad_image_shape", f"the image is {image.width}x{image.height}; "
                                    f"sides may differ by at most {MAX_ASPECT_RATIO}x")
+            if self.settings.pre_resize:
+                image = fit_to_model(image, self.model.transform.min_size[-1], self.model.transform.max_size)
             return _Decoded(parsed, image, timings)
         except RequestError as error:
             return Response.error(error)
+
+    def _decode(self, data: bytes) -> DecodedImage:
+        if self.device.type == "cuda" and self.settings.cuda_jpeg_decode and data[:2] == b"\xff\xd8":
+            try:
+                return decode_jpeg_on_gpu(data, self.settings.max_pixels, self.device)
+            except RequestError:
+                raise
+            except Exception:  # noqa: BLE001 - nvJPEG declines some JPEGs (CMYK, ...): Pillow takes them
+                log.debug("nvJPEG declined an image; decoding it with Pillow", exc_info=True)
+        return decode_image(data, self.settings.max_pixels, self.model_size if self.settings.jpeg_draft else None)
 
     def _authorize(self, headers: Mapping[str, str]) -> None:
         if not self.settings.api_keys:
@@ -135,7 +157,7 @@ class Detector:
         clock = time.perf_counter()
         inputs = [to_model_input(image.pixels, self.device) for image in images]
         try:
-            outputs = predict(self.model, inputs)
+            outputs = predict(self.model, inputs, self.fp16)
         except torch.OutOfMemoryError:
             raise  # the server's problem, not the images': TorchServe answers 507
         except Exception:
@@ -148,7 +170,7 @@ class Detector:
 
     def _predict_alone(self, image: torch.Tensor):
         try:
-            return predict(self.model, [image])[0]
+            return predict(self.model, [image], self.fp16)[0]
         except Exception as error:  # noqa: BLE001 - reported to its own client below
             log.exception("prediction failed for one image")
             return error

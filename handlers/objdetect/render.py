@@ -19,11 +19,11 @@ def render_jpeg(image: DecodedImage, detections: Detections, quality: int = 90) 
     on_pixels = detections.scaled(1 / sx, 1 / sy)
     colours = [PALETTE[i % len(PALETTE)] for i in on_pixels.class_ids.tolist()]
     drawn = draw_bounding_boxes(
-        image.pixels, on_pixels.boxes,
+        image.pixels.cpu(), on_pixels.boxes,
         labels=[f"{label} {score:.2f}" for label, score in zip(on_pixels.labels, on_pixels.scores.tolist())],
         colors=colours, width=max(2, round(max(image.pixels.shape[1:]) / 400)),
         label_colors="white", label_background_colors=colours, fill_labels=True,
-    ) if len(on_pixels) else image.pixels
+    ) if len(on_pixels) else image.pixels.cpu()
     buffer = io.BytesIO()
     Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(buffer, "JPEG", quality=quality)
     return buffer.getvalue()

@@ -34,8 +34,16 @@ class Settings:
     url_trusted_networks: tuple[str, ...] = ()
     # When set, predictions need "Authorization: Bearer <key>" or "X-API-Key: <key>" with one of them.
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # never in logs
-    # Torch intra-op threads per worker; 0 lets torch use every core.
+    # Torch intra-op threads per worker; 0: the cores divided among the model's workers.
     torch_threads: int = 0
+    # Speed (docs/benchmarks.md). Off, both, is the exact path: results equal `model(images)`.
+    # jpeg_draft: decode a JPEG at 1/2, 1/4 or 1/8 scale when the model would shrink it anyway.
+    jpeg_draft: bool = True
+    # pre_resize: shrink what the model would shrink while still uint8 (antialiased), before float.
+    pre_resize: bool = True
+    # On a GPU: autocast to float16, and decode JPEGs with nvJPEG on the GPU.
+    cuda_fp16: bool = True
+    cuda_jpeg_decode: bool = True
 
     @classmethod
     def load(cls, handler_config: Mapping[str, Any] | None = None, environ: Mapping[str, str] = os.environ) -> "Settings":
@@ -76,6 +84,12 @@ def _coerce(field: dataclasses.Field, value: Any) -> Any:
     """Environment values are strings and YAML values are typed: bring both to the field's type."""
     kind = field.type
     try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if str(value).strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                return str(value).strip().lower() in ("1", "true", "yes", "on")
+            raise ValueError
         if kind.startswith("tuple"):
             items = value.split(",") if isinstance(value, str) else list(value)
             return tuple(str(item).strip() for item in items if str(item).strip())
