@@ -34,6 +34,9 @@ for key in extra-index-url find-links; do
   [ "$key" = find-links ] && MIRROR_ARGS+=(--build-arg "PIP_FIND_LINKS=$value")
 done
 
-buildah build --format docker --layers --network host "${BUILD_ARGS[@]}" "${SECRET[@]}" "${MIRROR_ARGS[@]}" \
+# --force-rm: a failed build leaves no multi-GB working container behind. The layer cache of this
+# build is kept; images of earlier builds that nothing tags any more are pruned (each is GBs).
+buildah build --format docker --layers --force-rm --network host "${BUILD_ARGS[@]}" "${SECRET[@]}" "${MIRROR_ARGS[@]}" \
   --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$TAG" .
+podman image prune --force >/dev/null
 python3 scripts/image_size.py podman "$TAG"
