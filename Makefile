@@ -18,7 +18,7 @@ METRICS_PORT ?= 8082
 GRPC_INFERENCE_PORT ?= 7070
 GRPC_MANAGEMENT_PORT ?= 7071
 
-.PHONY: setup serve mar test train-embedded clean image image-test loadtest soak
+.PHONY: setup serve mar test train-embedded clean image image-test loadtest soak bench
 
 setup: $(INSTALLED) $(CHECKOV)
 
@@ -77,3 +77,9 @@ loadtest: $(INSTALLED) $(CHECKOV)
 
 soak: $(INSTALLED)
 	$(PY) scripts/loadtest.py $(if $(HOST),--host $(HOST)) --users $(USERS) --spawn-rate $(SPAWN_RATE) --duration $(DURATION) --soak --rate $(RATE)
+
+# Side by side on this machine: direct (no server), TorchServe's stock object_detector, ours.
+# Writes reports/bench.json and docs/benchmarks.md (about 20 minutes; BENCH_ARGS=--quick for a smoke run).
+BENCH_ARGS ?=
+bench: $(INSTALLED)
+	$(PY) scripts/bench.py $(BENCH_ARGS)
