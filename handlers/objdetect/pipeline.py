@@ -105,7 +105,7 @@ class Detector:
         started = time.perf_counter()
         decoded = list(self._readers.map(self._read, requests))  # input -> decode
         ready = [d for d in decoded if isinstance(d, _Decoded)]
-        outputs, predict_ms = self._predict([d.image for d in ready])  # transform -> predict
+        outputs, predict_ms = self._predict(ready)  # transform -> predict
         log.info("batch of %d requests: %d images predicted in %.1f ms", len(requests), len(ready), predict_ms)
         results = iter(outputs)
         return [d if isinstance(d, Response) else self._respond(d, next(results), predict_ms, started)
@@ -127,8 +127,6 @@ class Detector:
             if max(image.width, image.height) > MAX_ASPECT_RATIO * min(image.width, image.height):
                 raise RequestError("bad_image_shape", f"the image is {image.width}x{image.height}; "
                                    f"sides may differ by at most {MAX_ASPECT_RATIO}x")
-            if self.settings.pre_resize:
-                image = fit_to_model(image, self.model.transform.min_size[-1], self.model.transform.max_size)
             return _Decoded(parsed, image, timings)
         except RequestError as error:
             return Response.error(error)
@@ -151,11 +149,17 @@ class Detector:
             raise RequestError("unauthorized", "a valid API key is required: send it as "
                                "'Authorization: Bearer <key>' or 'X-API-Key: <key>'", status=401)
 
-    def _predict(self, images: list[DecodedImage]) -> tuple[list, float]:
-        if not images:
+    def _predict(self, ready: list[_Decoded]) -> tuple[list, float]:
+        if not ready:
             return [], 0.0
         clock = time.perf_counter()
-        inputs = [to_model_input(image.pixels, self.device) for image in images]
+        if self.settings.pre_resize:
+            # Here, not in the reader threads: torch ops there would each start their own OpenMP
+            # team beside the forward pass's, oversubscribing the cores.
+            for decoded in ready:
+                decoded.image = fit_to_model(decoded.image, self.model.transform.min_size[-1],
+                                             self.model.transform.max_size)
+        inputs = [to_model_input(decoded.image.pixels, self.device) for decoded in ready]
         try:
             outputs = predict(self.model, inputs, self.fp16)
         except torch.OutOfMemoryError:
