@@ -17,6 +17,9 @@ Each server variant runs at its best configuration per cell: every candidate of 
 wins, answering without errors preferred. At concurrency 1 only 1 worker x batch 1 is a candidate:
 a lone request never fills a batch (batchSize > 1 only adds maxBatchDelay) and a second worker
 only halves the threads the one busy worker gets. Each worker gets cores / workers torch threads.
+Within a configuration the stock and our servers are up at once and take turns, run by run (and
+`direct` with them, in the first configuration that measures a cell), so that the drift of a
+shared machine touches every variant alike and the ratios compare runs taken moments apart.
 
 A cell (model, workload, concurrency) is measured as a closed loop: N clients each send an image,
 wait for its answer and send the next, for --seconds and at least --min-requests per client,
@@ -54,6 +57,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -484,58 +488,67 @@ class Bench:
     def cells(self) -> Iterable[tuple[str, int]]:
         return ((w, c) for w in self.o.workloads for c in self.o.concurrency)
 
-    def measure(self, make_sender: Callable[[], Sender], what: str, cells: list[tuple[str, int]],
-                warmup_clients: int) -> dict:
-        """Warm-up, then --repeats rounds over `cells`; returns {(workload, c): median summary}, each
-        with the error statuses of its runs and a sample of what was answered."""
-        warmup = make_sender()
-        for workload in dict.fromkeys(w for w, _ in cells):
-            closed_loop(warmup, self.payloads[workload], warmup_clients, 0, self.o.warmup)
-        senders = {cell: make_sender() for cell in cells}
-        runs: dict[tuple[str, int], list[dict]] = {cell: [] for cell in cells}
+    def measure(self, makers: dict[str, Callable[[], Sender]], what: dict[str, str],
+                cells: list[tuple[str, int]], warmup_clients: int) -> dict[str, dict]:
+        """Warm-up, then --repeats rounds over `cells`, each cell run by every variant in turn, so the
+        drift of a shared machine touches all of them alike. Returns {variant: {(workload, c): median
+        summary}}, each with the error statuses of its runs and a sample of what was answered."""
+        for make in makers.values():
+            warmup = make()
+            for workload in dict.fromkeys(w for w, _ in cells):
+                closed_loop(warmup, self.payloads[workload], warmup_clients, 0, self.o.warmup)
+        senders = {(variant, cell): make() for variant, make in makers.items() for cell in cells}
+        runs: dict[tuple[str, tuple[str, int]], list[dict]] = {key: [] for key in senders}
         for repeat in range(self.o.repeats):
             for workload, c in cells:
-                send = senders[(workload, c)]
-                run = closed_loop(send, self.payloads[workload], c, self.o.seconds, self.o.min_requests).summary()
-                runs[(workload, c)].append(run)
-                self.log(f"{what} {workload} c{c} run {repeat + 1}/{self.o.repeats}: {_fmt(run)}")
-        out = {}
-        for cell, cell_runs in runs.items():
-            send = senders[cell]
-            out[cell] = {**median_of_runs(cell_runs), "error_statuses": dict(send.statuses),
-                         "example": _example(send.example)}
+                for variant in makers:
+                    send = senders[(variant, (workload, c))]
+                    run = closed_loop(send, self.payloads[workload], c, self.o.seconds, self.o.min_requests).summary()
+                    runs[(variant, (workload, c))].append(run)
+                    self.log(f"{what[variant]} {workload} c{c} run {repeat + 1}/{self.o.repeats}: {_fmt(run)}")
+        out: dict[str, dict] = {variant: {} for variant in makers}
+        for (variant, cell), cell_runs in runs.items():
+            send = senders[(variant, cell)]
+            out[variant][cell] = {**median_of_runs(cell_runs), "error_statuses": dict(send.statuses),
+                                  "example": _example(send.example)}
             if send.timings:
-                out[cell]["server_timings_ms"] = median_timings(send.timings)
+                out[variant][cell]["server_timings_ms"] = median_timings(send.timings)
         return out
 
-    def serve_and_measure(self, kind: str, model: BenchModel, config: ServerConfig, store: Path,
-                          archives: dict, cells: list[tuple[str, int]], extra_env: dict[str, str],
-                          what: str) -> dict | str:
-        """One TorchServe with one archive at `config`: its measurements, or why it failed."""
-        key = (kind, config)
-        if key not in archives:
-            archives[key] = (build_stock if kind == "stock" else build_ours)(model, config, store)
-        name = archives[key]
+    def serve_and_measure(self, model: BenchModel, config: ServerConfig, store: Path, archives: dict,
+                          cells: list[tuple[str, int]], servers: dict[str, tuple[str, dict[str, str]]],
+                          local: dict[str, Callable[[], Sender]]) -> dict[str, dict | str]:
+        """One TorchServe per server variant ({variant: (kind, extra environment)}), all with their
+        archive at `config` and up at once, measured in turn with the `local` variants: per variant,
+        its measurements, or why its server failed to start."""
         threads = str(config.threads(self.o.cores))
-        env = {"OMP_NUM_THREADS": threads, **({"OBJDETECT_TORCH_THREADS": threads} if kind == "ours" else {}),
-               **extra_env}
-        server = TorchServe(store, {name: f"{name}-v1.0.mar" if kind == "ours" else f"{name}.mar"},
-                            Ports.free(), env=env)
-        try:
-            started = time.monotonic()
-            server.start()
-            self.log(f"{what}: TorchServe up in {time.monotonic() - started:.0f} s")
-            check = stock_answer_ok if kind == "stock" else ours_answer_ok
-            url = f"{server.url()}/predictions/{name}"
-            return self.measure(lambda: HttpSender(url, check), what, cells,
-                                max(max(c for _, c in cells), config.workers))
-        except ServerError as error:
-            self.failures.append(f"{what}: {error}")
-            self.log(f"{what}: FAILED to start: {str(error).splitlines()[0]}")
-            return str(error).splitlines()[0]
-        finally:
-            server.stop()
-            server.cleanup()
+        makers, what, failed = dict(local), {v: f"{model.name} {v}" for v in local}, {}
+        with contextlib.ExitStack() as running:
+            for variant, (kind, extra_env) in servers.items():
+                key = (kind, config)
+                if key not in archives:
+                    archives[key] = (build_stock if kind == "stock" else build_ours)(model, config, store)
+                name = archives[key]
+                env = {"OMP_NUM_THREADS": threads, **({"OBJDETECT_TORCH_THREADS": threads} if kind == "ours" else {}),
+                       **extra_env}
+                server = TorchServe(store, {name: f"{name}-v1.0.mar" if kind == "ours" else f"{name}.mar"},
+                                    Ports.free(), env=env)
+                running.callback(server.cleanup)
+                running.callback(server.stop)
+                what[variant] = f"{model.name} {variant} {config.label}"
+                try:
+                    started = time.monotonic()
+                    server.start()
+                    self.log(f"{what[variant]}: TorchServe up in {time.monotonic() - started:.0f} s")
+                except ServerError as error:
+                    self.failures.append(f"{what[variant]}: {error}")
+                    self.log(f"{what[variant]}: FAILED to start: {str(error).splitlines()[0]}")
+                    failed[variant] = str(error).splitlines()[0]
+                    continue
+                check = stock_answer_ok if kind == "stock" else ours_answer_ok
+                makers[variant] = partial(HttpSender, f"{server.url()}/predictions/{name}", check)
+            measured = self.measure(makers, what, cells, max(max(c for _, c in cells), config.workers))
+        return {**measured, **failed}
 
     def run_model(self, model: BenchModel, store: Path) -> dict:
         o = self.o
@@ -544,25 +557,28 @@ class Bench:
         def cell(workload: str, c: int) -> dict:
             return results[workload][f"c{c}"]
 
-        # direct: the model in this process
-        direct = lambda: DirectSender(model.module, o.direct_mode == "serial")  # noqa: E731
-        for (workload, c), summary in self.measure(direct, f"{model.name} direct", list(self.cells()), 1).items():
-            cell(workload, c)["direct"] = summary
-            cell(workload, c)["config"]["direct"] = {"mode": o.direct_mode, "torch_threads": torch.get_num_threads()}
-
-        # stock and ours: every candidate configuration, the best per cell
+        # stock and ours: every candidate configuration, side by side; the best per cell. direct (the
+        # model in this process) takes its turns with them wherever a cell is first measured.
+        direct = partial(DirectSender, model.module, o.direct_mode == "serial")
         archives: dict = {}
+        per_config: dict[ServerConfig, dict[str, dict | str]] = {}
+        unmeasured = set(self.cells())
+        for config in o.configs:
+            mine = [(w, c) for w, c in self.cells() if config in candidates(o.configs, c)]
+            if not mine:
+                continue
+            local = {"direct": direct} if unmeasured & set(mine) else {}
+            per_config[config] = measured = self.serve_and_measure(
+                model, config, store, archives, mine, {"stock": ("stock", {}), "ours": ("ours", {})}, local)
+            for workload, c in (unmeasured & set(mine)) if local else ():
+                cell(workload, c)["direct"] = measured["direct"][(workload, c)]
+                cell(workload, c)["config"]["direct"] = {"mode": o.direct_mode, "torch_threads": torch.get_num_threads()}
+            unmeasured -= set(mine)
         for kind in ("stock", "ours"):
-            per_config: dict[ServerConfig, dict | str] = {}
-            for config in o.configs:
-                mine = [(w, c) for w, c in self.cells() if config in candidates(o.configs, c)]
-                if mine:
-                    per_config[config] = self.serve_and_measure(kind, model, config, store, archives, mine, {},
-                                                                f"{model.name} {kind} {config.label}")
             for workload, c in self.cells():
-                tried = {cfg.label: m[(workload, c)] for cfg, m in per_config.items()
-                         if isinstance(m, dict) and (workload, c) in m}
-                failed = {cfg.label: m for cfg, m in per_config.items() if isinstance(m, str)}
+                tried = {cfg.label: m[kind][(workload, c)] for cfg, m in per_config.items()
+                         if isinstance(m.get(kind), dict) and (workload, c) in m[kind]}
+                failed = {cfg.label: m[kind] for cfg, m in per_config.items() if isinstance(m.get(kind), str)}
                 entry = {"candidates": {label: {k: v for k, v in s.items() if k not in ("runs", "example")}
                                         for label, s in tried.items()}, **({"failed": failed} if failed else {})}
                 if tried:
@@ -573,22 +589,23 @@ class Bench:
                 cell(workload, c)["config"][kind] = entry
 
         # extra variants: our handler with switches off, at the configuration `ours` chose per cell
-        for variant in o.variants:
+        if o.variants:
             by_config: dict[ServerConfig, list[tuple[str, int]]] = {}
             for workload, c in self.cells():
                 chosen = cell(workload, c)["config"]["ours"].get("chosen")
                 if chosen:
                     by_config.setdefault(next(cfg for cfg in o.configs if cfg.label == chosen), []).append((workload, c))
             for config, cells in by_config.items():
-                measured = self.serve_and_measure("ours", model, config, store, archives, cells,
-                                                  EXTRA_VARIANTS[variant], f"{model.name} {variant} {config.label}")
-                for workload, c in cells:
-                    entry = {"chosen": config.label, **config.describe(o.cores), "env": EXTRA_VARIANTS[variant]}
-                    if isinstance(measured, dict):
-                        cell(workload, c)[variant] = measured[(workload, c)]
-                    else:
-                        entry["failed"] = measured
-                    cell(workload, c)["config"][variant] = entry
+                measured = self.serve_and_measure(model, config, store, archives, cells,
+                                                  {v: ("ours", EXTRA_VARIANTS[v]) for v in o.variants}, {})
+                for variant in o.variants:
+                    for workload, c in cells:
+                        entry = {"chosen": config.label, **config.describe(o.cores), "env": EXTRA_VARIANTS[variant]}
+                        if isinstance(measured[variant], dict):
+                            cell(workload, c)[variant] = measured[variant][(workload, c)]
+                        else:
+                            entry["failed"] = measured[variant]
+                        cell(workload, c)["config"][variant] = entry
 
         for workload, c in self.cells():
             cell(workload, c)["ratios"] = ratios(cell(workload, c), o.variants)

@@ -82,7 +82,9 @@ class TorchServe:
         config.write_text(self._config_text())
         env = {
             **os.environ,
-            "TEMP": str(self.workdir),  # pid file; `torchserve --stop` would need the same TEMP
+            # The pid file lives in Python's temp dir (TMPDIR first, then TEMP): one per server.
+            "TMPDIR": str(self.workdir),
+            "TEMP": str(self.workdir),
             "LOG_LOCATION": str(self.log_dir),
             "METRICS_LOCATION": str(self.log_dir),
             "TS_DECODE_INPUT_REQUEST": "false",  # hand request bodies to the handler as bytes; it parses JSON itself
