@@ -704,7 +704,10 @@ def machine_info() -> dict:
             done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=20)
         except (OSError, subprocess.TimeoutExpired):
             return None
-        return (done.stdout + done.stderr).strip().splitlines()[0] if done.returncode == 0 else None
+        if done.returncode != 0:
+            return None
+        lines = (done.stdout + done.stderr).strip().splitlines()
+        return lines[0] if lines else ""  # "": ran and printed nothing (a clean `git status`)
 
     commit = command("git", "rev-parse", "--short", "HEAD")
     dirty = command("git", "status", "--porcelain", "--untracked-files=no")
