@@ -83,9 +83,10 @@ BASE_VARIANTS = ("direct", "stock", "ours")
 # Our handler with some of its optimizations switched off (objdetect settings, by environment):
 # measured at the configuration `ours` chose for the cell, so only the switch differs.
 EXTRA_VARIANTS: dict[str, dict[str, str]] = {
-    "ours_exact": {"OBJDETECT_JPEG_DRAFT": "false", "OBJDETECT_PRE_RESIZE": "false"},
+    "ours_exact": {"OBJDETECT_JPEG_DRAFT": "false", "OBJDETECT_PRE_RESIZE": "false", "OBJDETECT_CHANNELS_LAST": "false"},
     "ours_no_draft": {"OBJDETECT_JPEG_DRAFT": "false"},
     "ours_no_pre_resize": {"OBJDETECT_PRE_RESIZE": "false"},
+    "ours_no_channels_last": {"OBJDETECT_CHANNELS_LAST": "false"},
 }
 # Seeds for workload images: far from those training (0 up) and the tests (1e9, 2e9 up) draw.
 IMAGE_SEED = 3_000_000_000

@@ -71,10 +71,12 @@ class Detector:
                  fetch: Callable[[str, Settings], bytes] = fetch_image):
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
+        # In place: the module's weights change layout (both ways, so a shared module is never left
+        # in a layout this detector did not ask for).
+        self.model.to(memory_format=torch.channels_last if settings.channels_last else torch.contiguous_format)
         if self.device.type == "cuda":
-            # NHWC convolutions use the tensor cores; cuDNN picks the fastest kernel per input shape
-            # (the model pads its batches to multiples of 32, which bounds the number of shapes).
-            self.model.to(memory_format=torch.channels_last)
+            # cuDNN picks the fastest kernel per input shape (the model pads its batches to
+            # multiples of 32, which bounds the number of shapes).
             torch.backends.cudnn.benchmark = True
         self.class_names = class_names
         self.settings = settings
