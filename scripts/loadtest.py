@@ -51,6 +51,15 @@ def run_locust(host: str, out: Path, users: int, spawn_rate: float, duration: st
         return subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
 
 
+def _ms(value: str) -> float | None:
+    """A locust percentile; None where it has none (a run in which every request failed)."""
+    return None if value in ("", "N/A") else float(value)
+
+
+def _num(ms: float | None) -> str:
+    return "-" if ms is None else f"{ms:g}"
+
+
 def summarize(out: Path) -> dict:
     """The numbers locust measured: its Aggregated row."""
     with open(out / "locust_stats.csv") as file:
@@ -60,11 +69,11 @@ def summarize(out: Path) -> dict:
         "requests": int(total["Request Count"]),
         "failures": int(total["Failure Count"]),
         "throughput_rps": round(float(total["Requests/s"]), 3),
-        "p50_ms": float(total["50%"]),
-        "p90_ms": float(total["90%"]),
-        "p99_ms": float(total["99%"]),
+        "p50_ms": _ms(total["50%"]),
+        "p90_ms": _ms(total["90%"]),
+        "p99_ms": _ms(total["99%"]),
         "per_request_type": {name: {"requests": int(r["Request Count"]), "failures": int(r["Failure Count"]),
-                                    "p50_ms": float(r["50%"]), "p99_ms": float(r["99%"])}
+                                    "p50_ms": _ms(r["50%"]), "p99_ms": _ms(r["99%"])}
                              for name, r in rows.items() if name != "Aggregated"},
     }
     return summary
@@ -173,10 +182,10 @@ def write_report(out: Path, args, summary: dict, plots: list[str], memory: dict 
              f"Host {args.host or 'a local TorchServe (started for the run)'}, {args.users} users, spawn rate "
              f"{args.spawn_rate}/s, {args.duration}" + (f", soak at {args.rate} requests/s per user" if args.soak else ""),
              "", "| requests | failures | throughput (req/s) | p50 (ms) | p90 (ms) | p99 (ms) |", "|---|---|---|---|---|---|",
-             f"| {summary['requests']} | {summary['failures']} | {summary['throughput_rps']} | {summary['p50_ms']:g} | "
-             f"{summary['p90_ms']:g} | {summary['p99_ms']:g} |", "", "| request | requests | failures | p50 (ms) | p99 (ms) |",
+             f"| {summary['requests']} | {summary['failures']} | {summary['throughput_rps']} | {_num(summary['p50_ms'])} | "
+             f"{_num(summary['p90_ms'])} | {_num(summary['p99_ms'])} |", "", "| request | requests | failures | p50 (ms) | p99 (ms) |",
              "|---|---|---|---|---|"]
-    lines += [f"| {name} | {r['requests']} | {r['failures']} | {r['p50_ms']:g} | {r['p99_ms']:g} |"
+    lines += [f"| {name} | {r['requests']} | {r['failures']} | {_num(r['p50_ms'])} | {_num(r['p99_ms'])} |"
               for name, r in summary["per_request_type"].items()]
     if memory:
         lines += ["", f"Server memory: {memory}"]
@@ -229,7 +238,7 @@ def main() -> int:
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     write_report(out, args, summary, plot(out, sampler.samples if sampler else []), memory)
     print(f"loadtest: {summary['requests']} requests, {summary['failures']} failures, {summary['throughput_rps']} req/s, "
-          f"p50 {summary['p50_ms']:g} ms, p90 {summary['p90_ms']:g} ms, p99 {summary['p99_ms']:g} ms -> {out}")
+          f"p50 {_num(summary['p50_ms'])} ms, p90 {_num(summary['p90_ms'])} ms, p99 {_num(summary['p99_ms'])} ms -> {out}")
     if memory:
         print(f"loadtest: server memory {memory}")
     # Non-zero when any request failed (locust's own verdict) or a soak's memory grew.

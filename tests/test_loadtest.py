@@ -50,6 +50,7 @@ def test_a_wrong_answer_counts_as_a_failure(server, tmp_path):
                              "--users", "1", "--duration", "4s", "--out", str(out)],
                             capture_output=True, text=True, timeout=300,
                             env={**__import__("os").environ, "OBJDETECT_MODEL": "guarded"})
+    assert (out / "summary.json").exists(), result.stdout + result.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert result.returncode != 0
     assert summary["requests"] > 0 and summary["failures"] == summary["requests"]
