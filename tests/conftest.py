@@ -57,7 +57,8 @@ def model_store(tmp_path_factory) -> Path:
 
 
 def exact_config(store: Path) -> Path:
-    return _test_config(store, "exact", "batchSize: 1\n", handler="handler:\n  jpeg_draft: false\n  pre_resize: false\n  channels_last: false\n")
+    return _test_config(store, "exact", "batchSize: 1\n", handler=(
+        "handler:\n  jpeg_draft: false\n  pre_resize: false\n  channels_last: false\n  fold_batch_norms: false\n"))
 
 
 def _test_config(store: Path, name: str, batching: str, handler: str = "") -> Path:

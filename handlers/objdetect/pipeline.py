@@ -23,6 +23,7 @@ from torch import nn
 from . import registry
 from .decode import DecodedImage, decode_image, decode_jpeg_on_gpu
 from .detections import Detections
+from .fold import fold_batch_norms
 from .errors import RequestError
 from .fetch import fetch_image
 from .inputs import ImageRequest, OptionLimits, parse_request
@@ -70,6 +71,8 @@ class Detector:
                  device: torch.device | str = "cpu", name: str = "detector", version: str = "1.0",
                  fetch: Callable[[str, Settings], bytes] = fetch_image):
         self.device = torch.device(device)
+        if settings.fold_batch_norms:
+            model, _ = fold_batch_norms(model)  # a folded copy: the caller's model stays as it was
         self.model = model.eval().to(self.device)
         # In place: the module's weights change layout (both ways, so a shared module is never left
         # in a layout this detector did not ask for).

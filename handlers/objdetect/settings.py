@@ -36,7 +36,7 @@ class Settings:
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # never in logs
     # Torch intra-op threads per worker; 0: the cores divided among the model's workers.
     torch_threads: int = 0
-    # Speed (docs/benchmarks.md). All three off is the exact path: results equal `model(images)`.
+    # Speed (docs/benchmarks.md). All of these off is the exact path: results equal `model(images)`.
     # jpeg_draft: decode a JPEG at 1/2, 1/4 or 1/8 scale when the model would shrink it anyway.
     jpeg_draft: bool = True
     # pre_resize: shrink what the model would shrink while still uint8 (antialiased), before float.
@@ -44,6 +44,8 @@ class Settings:
     # channels_last: NHWC convolutions (oneDNN on a CPU, tensor cores on a GPU): faster, and summed
     # in another order, so scores differ from the exact path's in their last digits.
     channels_last: bool = True
+    # fold_batch_norms: each BatchNorm folded into the convolution before it (objdetect/fold.py).
+    fold_batch_norms: bool = True
     # On a GPU: autocast to float16, and decode JPEGs with nvJPEG on the GPU.
     cuda_fp16: bool = True
     cuda_jpeg_decode: bool = True
