@@ -32,8 +32,9 @@ class DetectorHandler:
         device = torch.device(f"cuda:{gpu_id}" if torch.cuda.is_available() and gpu_id is not None else "cpu")
         version = context.manifest["model"].get("modelVersion", "1.0")
         self.detector = Detector.load(properties["model_dir"], settings, device, context.model_name, version)
-        log.info("objdetect %s v%s on %s, %d torch threads, settings %s", context.model_name, version,
-                 device, torch.get_num_threads(), settings)
+        warm_up_ms = self.detector.warm_up()  # TorchServe routes requests here only once this returns
+        log.info("objdetect %s v%s on %s, %d torch threads, warmed up in %.0f ms, settings %s", context.model_name,
+                 version, device, torch.get_num_threads(), warm_up_ms, settings)
         self.initialized = True
 
     def handle(self, data, context):

@@ -96,3 +96,14 @@ def test_out_of_memory_is_left_to_torchserve(detector, monkeypatch):
     monkeypatch.setattr(pipeline, "predict", oom)
     with pytest.raises(torch.OutOfMemoryError):  # TorchServe turns it into 507 for the batch
         detector([Request({"body": encode(synthetic.generate(9).image)})] * 2)
+
+
+def test_warm_up_runs_the_model_once_at_its_input_size(detector):
+    seen = []
+    hook = detector.model.transform.register_forward_pre_hook(lambda module, args: seen.append(args[0][0].shape))
+    try:
+        assert detector.warm_up() > 0
+    finally:
+        hook.remove()
+    width, height = detector.model_size(4000, 3000)  # a 4:3 image at the size the model resizes to
+    assert seen == [(3, height, width)] and width / height == pytest.approx(4 / 3, rel=0.01)

@@ -106,6 +106,15 @@ class Detector:
         model = registry.build_model(info["architecture"], info["labels"], state_dict)
         return cls(model, info["labels"], settings, device, name, version)
 
+    def warm_up(self) -> float:
+        """One forward pass on a blank 4:3 image, before the first request: the first pass pays for
+        oneDNN's kernel choice and the allocator's growth (on a GPU: CUDA's lazy loading and cuDNN's
+        autotuning, seconds), which no user's request should. Returns its time in ms."""
+        width, height = self.model_size(4000, 3000)
+        clock = time.perf_counter()
+        predict(self.model, [torch.zeros(3, height, width, device=self.device)], self.fp16)
+        return _ms_since(clock)
+
     def __call__(self, requests: list[Request]) -> list[Response]:
         started = time.perf_counter()
         decoded = list(self._readers.map(self._read, requests))  # input -> decode
