@@ -2,7 +2,7 @@
 
     python scripts/bench.py                              # the full run (about 25 minutes on 2 cores)
     python scripts/bench.py --quick                      # a smoke run of a minute or two (tests/test_bench.py)
-    python scripts/bench.py --variants ours_exact        # also our handler with its decode optimizations off
+    python scripts/bench.py --variants ours_exact        # also our handler with its optimizations off (exact path)
     python scripts/bench.py --markdown-only              # rewrite docs/benchmarks.md from reports/bench.json
 
 Three ways to answer the same images with the same model and weights on the same machine:
@@ -83,10 +83,12 @@ BASE_VARIANTS = ("direct", "stock", "ours")
 # Our handler with some of its optimizations switched off (objdetect settings, by environment):
 # measured at the configuration `ours` chose for the cell, so only the switch differs.
 EXTRA_VARIANTS: dict[str, dict[str, str]] = {
-    "ours_exact": {"OBJDETECT_JPEG_DRAFT": "false", "OBJDETECT_PRE_RESIZE": "false", "OBJDETECT_CHANNELS_LAST": "false"},
+    "ours_exact": {"OBJDETECT_JPEG_DRAFT": "false", "OBJDETECT_PRE_RESIZE": "false", "OBJDETECT_CHANNELS_LAST": "false",
+                   "OBJDETECT_FOLD_BATCH_NORMS": "false"},
     "ours_no_draft": {"OBJDETECT_JPEG_DRAFT": "false"},
     "ours_no_pre_resize": {"OBJDETECT_PRE_RESIZE": "false"},
     "ours_no_channels_last": {"OBJDETECT_CHANNELS_LAST": "false"},
+    "ours_no_fold_batch_norms": {"OBJDETECT_FOLD_BATCH_NORMS": "false"},
 }
 # Seeds for workload images: far from those training (0 up) and the tests (1e9, 2e9 up) draw.
 IMAGE_SEED = 3_000_000_000
@@ -98,7 +100,7 @@ RANDOM_WEIGHTS_SEED = 0
 BOOSTED_CLASS, BOOST = 1, 5.0
 REQUEST_TIMEOUT_S = 120
 
-FULL = dict(repeats=3, seconds=3.0, min_requests=2, warmup=2, configs=["1x1", "1x4", "2x1", "2x4"],
+FULL = dict(repeats=3, seconds=3.0, min_requests=2, warmup=5, configs=["1x1", "1x4", "2x1", "2x4"],
             images={"small": 8, "phone": 4, "mixed": 4})
 QUICK = dict(repeats=1, seconds=0.0, min_requests=2, warmup=1, configs=["1x1", "1x4"],
              images={"small": 2, "phone": 1, "mixed": 4})
@@ -491,18 +493,23 @@ class Bench:
 
     def measure(self, makers: dict[str, Callable[[], Sender]], what: dict[str, str],
                 cells: list[tuple[str, int]], warmup_clients: int) -> dict[str, dict]:
-        """Warm-up, then --repeats rounds over `cells`, each cell run by every variant in turn, so the
-        drift of a shared machine touches all of them alike. Returns {variant: {(workload, c): median
-        summary}}, each with the error statuses of its runs and a sample of what was answered."""
+        """Warm-up, then --repeats rounds over `cells`, each cell run by every variant in turn (in an
+        order rotated each round), so the drift of a shared machine touches all of them alike.
+        Returns {variant: {(workload, c): median summary}}, each with the error statuses of its runs
+        and a sample of what was answered."""
         for make in makers.values():
             warmup = make()
             for workload in dict.fromkeys(w for w, _ in cells):
                 closed_loop(warmup, self.payloads[workload], warmup_clients, 0, self.o.warmup)
         senders = {(variant, cell): make() for variant, make in makers.items() for cell in cells}
         runs: dict[tuple[str, tuple[str, int]], list[dict]] = {key: [] for key in senders}
+        variants = list(makers)
         for repeat in range(self.o.repeats):
+            # Each round starts with another variant: none always runs right after the same neighbour
+            # (whose server may still be busy a moment after its run ends, JIT or GC in its JVM).
+            order = variants[repeat % len(variants):] + variants[:repeat % len(variants)]
             for workload, c in cells:
-                for variant in makers:
+                for variant in order:
                     send = senders[(variant, (workload, c))]
                     run = closed_loop(send, self.payloads[workload], c, self.o.seconds, self.o.min_requests).summary()
                     runs[(variant, (workload, c))].append(run)
@@ -834,7 +841,8 @@ def render_markdown(report: dict) -> str:
         "second worker only halves the threads of the busy one.",
         "- Closed loop: N clients each send the next image when the last is answered. Throughput = answered "
         "images / wall time; p50/p99 over answered requests; a non-200 answer or one in the wrong format is an "
-        "error. Warm-up requests are not counted.",
+        "error. Warm-up requests are not counted. Within a configuration every variant runs each cell once per "
+        "round, the order rotated from round to round, so none always follows the same neighbour.",
         "- Workloads: `small` 640x480 JPEGs; `phone` 4032x3024 JPEGs with sensor-like noise (~3 MB, quality 90); "
         "`mixed` 640x480, 1280x960, 4032x3024 JPEGs and an 800x600 PNG, concurrent clients always sending "
         "different sizes (so every batch window mixes sizes).",
@@ -898,7 +906,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Optio
     parser.add_argument("--repeats", type=int, help="runs per cell; the median is reported (default 3)")
     parser.add_argument("--seconds", type=float, help="least duration of a run (default 3)")
     parser.add_argument("--min-requests", type=int, help="least requests per client in a run (default 2)")
-    parser.add_argument("--warmup", type=int, help="uncounted requests per client per workload per server (default 2)")
+    parser.add_argument("--warmup", type=int, help="uncounted requests per client per workload per server (default 5)")
     parser.add_argument("--configs", nargs="+", metavar="WxB",
                         help="server configurations to try: workers x batchSize (default 1x1 1x4 2x1 2x4)")
     parser.add_argument("--max-batch-delay", type=int, default=10, help="maxBatchDelay in ms (default 10)")
