@@ -79,7 +79,7 @@ soak: $(INSTALLED)
 	$(PY) scripts/loadtest.py $(if $(HOST),--host $(HOST)) --users $(USERS) --spawn-rate $(SPAWN_RATE) --duration $(DURATION) --soak --rate $(RATE)
 
 # Side by side on this machine: direct (no server), TorchServe's stock object_detector, ours.
-# Writes reports/bench.json and docs/benchmarks.md (about 20 minutes; BENCH_ARGS=--quick for a smoke run).
+# Writes reports/bench.json and docs/benchmarks.md (about 27 minutes; BENCH_ARGS=--quick for a smoke run).
 BENCH_ARGS ?=
 bench: $(INSTALLED)
 	$(PY) scripts/bench.py $(BENCH_ARGS)
