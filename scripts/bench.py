@@ -75,6 +75,7 @@ from build_mar import EMBEDDED_WEIGHTS, MODEL_CONFIG, build_mar
 from server import ROOT, Ports, ServerError, TorchServe
 
 from objdetect import registry, shapes_net, synthetic
+from objdetect.settings import ENV_PREFIX, SPEED_SWITCHES
 
 WORKLOADS = ("small", "phone", "mixed")
 DEFAULT_MODELS = ("fasterrcnn_mobilenet_v3_large_320_fpn", registry.EMBEDDED)
@@ -83,8 +84,7 @@ BASE_VARIANTS = ("direct", "stock", "ours")
 # Our handler with some of its optimizations switched off (objdetect settings, by environment):
 # measured at the configuration `ours` chose for the cell, so only the switch differs.
 EXTRA_VARIANTS: dict[str, dict[str, str]] = {
-    "ours_exact": {"OBJDETECT_JPEG_DRAFT": "false", "OBJDETECT_PRE_RESIZE": "false", "OBJDETECT_CHANNELS_LAST": "false",
-                   "OBJDETECT_FOLD_BATCH_NORMS": "false"},
+    "ours_exact": {f"{ENV_PREFIX}{name.upper()}": "false" for name in SPEED_SWITCHES},
     "ours_no_draft": {"OBJDETECT_JPEG_DRAFT": "false"},
     "ours_no_pre_resize": {"OBJDETECT_PRE_RESIZE": "false"},
     "ours_no_channels_last": {"OBJDETECT_CHANNELS_LAST": "false"},

@@ -15,7 +15,7 @@ from build_mar import EMBEDDED_WEIGHTS, build_mar  # noqa: E402
 from server import Ports, TorchServe  # noqa: E402
 
 from objdetect import registry, synthetic  # noqa: E402
-from objdetect.settings import Settings  # noqa: E402
+from objdetect.settings import SPEED_SWITCHES, Settings  # noqa: E402
 
 SHAPE_LABELS = [registry.BACKGROUND, *synthetic.SHAPE_CLASSES]
 
@@ -57,8 +57,8 @@ def model_store(tmp_path_factory) -> Path:
 
 
 def exact_config(store: Path) -> Path:
-    return _test_config(store, "exact", "batchSize: 1\n", handler=(
-        "handler:\n  jpeg_draft: false\n  pre_resize: false\n  channels_last: false\n  fold_batch_norms: false\n"))
+    return _test_config(store, "exact", "batchSize: 1\n",
+                        handler="handler:\n" + "".join(f"  {name}: false\n" for name in SPEED_SWITCHES))
 
 
 def _test_config(store: Path, name: str, batching: str, handler: str = "") -> Path:

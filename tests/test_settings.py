@@ -2,7 +2,7 @@
 
 import pytest
 
-from objdetect.settings import Settings
+from objdetect.settings import SPEED_SWITCHES, Settings
 
 
 def test_defaults_are_the_documented_ones():
@@ -47,3 +47,11 @@ def test_api_keys_never_appear_in_logs():
 def test_bad_values_stop_the_load_and_name_the_setting(config, env, words):
     with pytest.raises(ValueError, match=words):
         Settings.load(config, env)
+
+
+def test_exact_turns_every_speed_switch_off_and_nothing_else():
+    fast = Settings.load({"max_pixels": 1000}, {})
+    exact = fast.exact()
+    assert all(getattr(fast, name) for name in SPEED_SWITCHES)
+    assert not any(getattr(exact, name) for name in SPEED_SWITCHES)
+    assert exact.max_pixels == 1000 and exact.cuda_fp16 == fast.cuda_fp16

@@ -1,7 +1,6 @@
 """Transform and the speed path: what the model would shrink is shrunk early, and nothing moves."""
 
 import json
-from dataclasses import replace
 
 import pytest
 import torch
@@ -47,8 +46,7 @@ def test_a_photo_decoded_small_still_gets_boxes_in_its_own_pixels(shapes_model):
     photo = sample.image.resize((sample.image.width * 2, sample.image.height * 2), Image.NEAREST)
     data = encode(photo, "JPEG", quality=95)
     fast = Detector(shapes_model, SHAPE_LABELS, Settings.load({}, {}))
-    exact = Detector(shapes_model, SHAPE_LABELS, replace(fast.settings, jpeg_draft=False, pre_resize=False,
-                                                         channels_last=False, fold_batch_norms=False))
+    exact = Detector(shapes_model, SHAPE_LABELS, fast.settings.exact())
     answers = [json.loads(d([Request({"body": data})])[0].body) for d in (fast, exact)]
     assert answers[0]["width"] == answers[1]["width"] == photo.width
     fast_found, exact_found = (sorted((d["label"], d["box"]) for d in a["detections"]) for a in answers)

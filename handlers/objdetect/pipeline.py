@@ -23,9 +23,9 @@ from torch import nn
 from . import registry
 from .decode import DecodedImage, decode_image, decode_jpeg_on_gpu
 from .detections import Detections
-from .fold import fold_batch_norms
 from .errors import RequestError
 from .fetch import fetch_image
+from .fold import fold_batch_norms
 from .inputs import ImageRequest, OptionLimits, parse_request
 from .postprocess import postprocess
 from .predict import predict

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 ENV_PREFIX = "OBJDETECT_"
+# The speed switches: all of them off is the exact path, whose results equal `model(images)`.
+SPEED_SWITCHES = ("jpeg_draft", "pre_resize", "channels_last", "fold_batch_norms")
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class Settings:
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # never in logs
     # Torch intra-op threads per worker; 0: the cores divided among the model's workers.
     torch_threads: int = 0
-    # Speed (docs/benchmarks.md). All of these off is the exact path: results equal `model(images)`.
+    # Speed (docs/benchmarks.md): the SPEED_SWITCHES.
     # jpeg_draft: decode a JPEG at 1/2, 1/4 or 1/8 scale when the model would shrink it anyway.
     jpeg_draft: bool = True
     # pre_resize: shrink what the model would shrink while still uint8 (antialiased), before float.
@@ -65,6 +67,10 @@ class Settings:
         settings = cls(**values)
         settings._validate()
         return settings
+
+    def exact(self) -> "Settings":
+        """These settings on the exact path: every speed switch off."""
+        return dataclasses.replace(self, **dict.fromkeys(SPEED_SWITCHES, False))
 
     def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         return tuple(ipaddress.ip_network(n, strict=False) for n in self.url_trusted_networks)
