@@ -1,10 +1,11 @@
 """TorchServe adapter: hands TorchServe's batch to objdetect.pipeline.Detector and its answers back.
 
 Everything else lives in the objdetect package (packed into the same .mar), which imports and
-tests without TorchServe. TorchServe loads this file and calls `initialize` once per worker and
-`handle` once per batch.
+tests without TorchServe. TorchServe loads this file and calls `initialize` once per worker
+process and `handle` once per batch; this is the only code that knows TorchServe's ways.
 """
 
+import json
 import logging
 import os
 from http import HTTPStatus
@@ -23,15 +24,20 @@ class DetectorHandler:
         self.initialized = False
 
     def initialize(self, context):
-        properties = context.system_properties
-        settings = Settings.load(context.model_yaml_config.get("handler"), os.environ)
+        properties, config = context.system_properties, context.model_yaml_config
+        settings = Settings.load(config.get("handler"), os.environ)
         # Intra-op threads: the cores shared among this model's workers, so they do not oversubscribe.
-        workers = max(1, int(context.model_yaml_config.get("maxWorkers", 1)))
+        workers = max(1, int(config.get("maxWorkers", 1)))
         torch.set_num_threads(settings.torch_threads or max(1, len(os.sched_getaffinity(0)) // workers))
         gpu_id = properties.get("gpu_id")
         device = torch.device(f"cuda:{gpu_id}" if torch.cuda.is_available() and gpu_id is not None else "cpu")
+        if device.type == "cuda":
+            # Process-wide, and this worker process serves this model alone: cuDNN picks the fastest
+            # kernel per input shape (the model pads its batches to multiples of 32, bounding the shapes).
+            torch.backends.cudnn.benchmark = True
         version = context.manifest["model"].get("modelVersion", "1.0")
-        self.detector = Detector.load(properties["model_dir"], settings, device, context.model_name, version)
+        self.detector = Detector.load(properties["model_dir"], settings, device, context.model_name, version,
+                                      readers=int(config.get("batchSize", 1)))
         warm_up_ms = self.detector.warm_up()  # TorchServe routes requests here only once this returns
         log.info("objdetect %s v%s on %s, %d torch threads, warmed up in %.0f ms, settings %s", context.model_name,
                  version, device, torch.get_num_threads(), warm_up_ms, settings)
@@ -39,7 +45,8 @@ class DetectorHandler:
 
     def handle(self, data, context):
         requests = [
-            Request(row, {k.lower(): v for k, v in context.get_all_request_header(i).items() if isinstance(v, str)})
+            Request({name: _as_bytes(value) for name, value in row.items()},
+                    {k.lower(): v for k, v in context.get_all_request_header(i).items() if isinstance(v, str)})
             for i, row in enumerate(data)
         ]
         responses = self.detector(requests)
@@ -47,3 +54,12 @@ class DetectorHandler:
             context.set_response_status(response.status, HTTPStatus(response.status).phrase, i)
             context.set_response_content_type(i, response.content_type)
         return [response.body for response in responses]
+
+
+def _as_bytes(value) -> bytes:
+    """What the client sent, as bytes. config.properties sets decode_input_request=false, so
+    TorchServe passes bytes; under a configuration that lets it decode JSON and text bodies
+    first, they are encoded back (losslessly) so the pipeline sees one form."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    return value.encode("utf-8") if isinstance(value, str) else json.dumps(value).encode("utf-8")

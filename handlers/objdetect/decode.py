@@ -61,9 +61,7 @@ def decode_image(data: bytes, max_pixels: int,
         width, height = image.size
         if width <= 0 or height <= 0:
             raise RequestError("empty_image", f"the image has no pixels ({width}x{height})")
-        if width * height > max_pixels:
-            raise RequestError("image_too_large", f"the image is {width}x{height} ({width * height / 1e6:.1f} "
-                               f"megapixels): the limit is {max_pixels / 1e6:.1f} megapixels", status=413)
+        _check_pixels(width, height, max_pixels)
         try:
             if image.getexif().get(_EXIF_ORIENTATION) in _TRANSPOSING_ORIENTATIONS:
                 width, height = height, width
@@ -92,18 +90,20 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     return np.array(image.convert("RGB"))
 
 
+def _check_pixels(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise RequestError("image_too_large", f"the image is {width}x{height} ({width * height / 1e6:.1f} "
+                           f"megapixels): the limit is {max_pixels / 1e6:.1f} megapixels", status=413)
 
-def decode_jpeg_on_gpu(data: bytes, max_pixels: int, device: "torch.device") -> DecodedImage:
+
+def decode_jpeg_on_gpu(data: bytes, max_pixels: int, device: torch.device) -> DecodedImage:
     """A JPEG decoded by nvJPEG on `device` (torchvision.io), EXIF orientation applied there.
     The header is still read, and the pixel limit checked, by Pillow first. Raises for anything
     nvJPEG cannot take (CMYK, progressive corner cases); the caller falls back to decode_image."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     with Image.open(io.BytesIO(data), formats=("JPEG",)) as header:
-        width, height = header.size
-        if width * height > max_pixels:
-            raise RequestError("image_too_large", f"the image is {width}x{height} ({width * height / 1e6:.1f} "
-                               f"megapixels): the limit is {max_pixels / 1e6:.1f} megapixels", status=413)
+        _check_pixels(*header.size, max_pixels)
     encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     pixels = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
     return DecodedImage(pixels, pixels.shape[2], pixels.shape[1])

@@ -1,8 +1,9 @@
-"""The one error a request can cause: it becomes a 4xx JSON body, and the worker keeps serving."""
+"""The one error a request can meet: it becomes that request's JSON error body, and the worker keeps serving."""
 
 
 class RequestError(Exception):
-    """Something wrong with what the client sent; `code` is stable for clients, `message` is for people."""
+    """Why one request is answered with an error instead of detections. `code` is stable for clients,
+    `message` is for people. A 4xx when the request was at fault; a 5xx when the service failed on it."""
 
     def __init__(self, code: str, message: str, status: int = 400):
         super().__init__(message)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
+from dataclasses import dataclass
 from typing import Callable, Iterable, NamedTuple
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
@@ -26,24 +27,39 @@ import urllib3
 from requests.adapters import HTTPAdapter
 
 from .errors import RequestError
-from .settings import Settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], list[str]]
 _CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    """What an image URL may reach, and how long and how many bytes a fetch may take
+    (the operator's settings: Settings.fetch_policy)."""
+
+    max_bytes: int
+    connect_timeout_s: float
+    read_timeout_s: float
+    total_timeout_s: float
+    max_redirects: int
+    allowed_hosts: tuple[str, ...]  # empty: any public host
+    trusted_networks: tuple[IPNetwork, ...]  # private networks fetched from all the same
 
 
 def system_resolver(host: str, port: int) -> list[str]:
     return sorted({info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)})
 
 
-def fetch_image(url: str, settings: Settings, resolver: Resolver = system_resolver, verify: bool | str = True) -> bytes:
+def fetch_image(url: str, policy: FetchPolicy, resolver: Resolver = system_resolver,
+                verify: bool | str = True) -> bytes:
     """The body at `url`, or RequestError saying why it was refused or could not be fetched."""
-    deadline = time.monotonic() + settings.fetch_total_timeout_s
+    deadline = time.monotonic() + policy.total_timeout_s
     with requests.Session() as session:
         session.trust_env = False  # no proxies or .netrc from the environment: we connect where we checked
-        for _ in range(settings.max_redirects + 1):
-            target = _checked_target(url, settings, resolver)
+        for _ in range(policy.max_redirects + 1):
+            target = _checked_target(url, policy, resolver)
             session.mount(f"{target.scheme}://", _PinnedHostAdapter(target.hostname))
             try:
                 response = session.get(
@@ -51,7 +67,7 @@ def fetch_image(url: str, settings: Settings, resolver: Resolver = system_resolv
                     # identity: a compressed body could expand past the cap faster than it arrives
                     headers={"Host": target.netloc, "Accept": "image/*", "Accept-Encoding": "identity",
                              "User-Agent": "objdetect"},
-                    timeout=(settings.fetch_connect_timeout_s, settings.fetch_read_timeout_s),
+                    timeout=(policy.connect_timeout_s, policy.read_timeout_s),
                     allow_redirects=False, stream=True, verify=verify,
                 )
             except requests.RequestException as error:
@@ -62,8 +78,8 @@ def fetch_image(url: str, settings: Settings, resolver: Resolver = system_resolv
                     continue
                 if response.status_code != 200:
                     raise RequestError("url_fetch_failed", f"{url} answered HTTP {response.status_code}")
-                return _read_capped(response, url, settings, deadline)
-    raise RequestError("url_refused", f"more than {settings.max_redirects} redirects, the last to {url}")
+                return _read_capped(response, url, policy, deadline)
+    raise RequestError("url_refused", f"more than {policy.max_redirects} redirects, the last to {url}")
 
 
 class _Target(NamedTuple):
@@ -73,7 +89,7 @@ class _Target(NamedTuple):
     pinned_url: str  # the URL with the checked address in place of the host name
 
 
-def _checked_target(url: str, settings: Settings, resolver: Resolver) -> _Target:
+def _checked_target(url: str, policy: FetchPolicy, resolver: Resolver) -> _Target:
     try:
         parts = urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -84,7 +100,7 @@ def _checked_target(url: str, settings: Settings, resolver: Resolver) -> _Target
     host = parts.hostname
     if not host:
         raise RequestError("url_refused", f"the URL {url!r} has no host")
-    if settings.url_allowed_hosts and not _host_allowed(host, settings.url_allowed_hosts):
+    if policy.allowed_hosts and not _host_allowed(host, policy.allowed_hosts):
         raise RequestError("url_refused", f"host {host!r} is not in this service's allowed hosts")
     try:
         addresses = resolver(host, port)
@@ -92,9 +108,8 @@ def _checked_target(url: str, settings: Settings, resolver: Resolver) -> _Target
         raise RequestError("url_fetch_failed", f"cannot resolve host {host!r}: {error}") from None
     if not addresses:
         raise RequestError("url_fetch_failed", f"host {host!r} has no address")
-    trusted = settings.trusted_networks()
     for text in addresses:
-        problem = address_problem(ipaddress.ip_address(text.split("%")[0]), trusted)
+        problem = address_problem(ipaddress.ip_address(text.split("%")[0]), policy.trusted_networks)
         if problem:
             shown = host if host == text else f"{host!r} resolves to {text}, which"
             raise RequestError("url_refused", f"URL refused: {shown} is {problem}; only public addresses are fetched")
@@ -104,7 +119,7 @@ def _checked_target(url: str, settings: Settings, resolver: Resolver) -> _Target
     return _Target(parts.scheme, host, parts.netloc.rpartition("@")[2], pinned)
 
 
-def address_problem(address: IPAddress, trusted: Iterable = ()) -> str | None:
+def address_problem(address: IPAddress, trusted: Iterable[IPNetwork] = ()) -> str | None:
     """Why `address` must not be fetched from, or None when it is a public unicast address."""
     if any(address in network for network in trusted):
         return None
@@ -136,8 +151,8 @@ def _host_allowed(host: str, allowed: Iterable[str]) -> bool:
     return False
 
 
-def _read_capped(response: requests.Response, url: str, settings: Settings, deadline: float) -> bytes:
-    cap = settings.max_download_bytes
+def _read_capped(response: requests.Response, url: str, policy: FetchPolicy, deadline: float) -> bytes:
+    cap = policy.max_bytes
     declared = response.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > cap:
         raise RequestError("image_too_large", f"{url} is {int(declared)} bytes; the limit is {cap}", status=413)
@@ -150,7 +165,7 @@ def _read_capped(response: requests.Response, url: str, settings: Settings, dead
             if len(body) > cap:
                 raise RequestError("image_too_large", f"{url} is larger than the {cap}-byte limit", status=413)
             if time.monotonic() > deadline:
-                raise RequestError("url_fetch_failed", f"{url} took longer than {settings.fetch_total_timeout_s:g} s")
+                raise RequestError("url_fetch_failed", f"{url} took longer than {policy.total_timeout_s:g} s")
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as error:
         raise RequestError("url_fetch_failed", f"could not fetch {url}: {_reason(error)}") from None
     return bytes(body)

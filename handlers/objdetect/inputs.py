@@ -48,13 +48,13 @@ class OptionLimits:
     default_threshold: float = 0.5
 
 
-def parse_request(fields: Mapping[str, Any], content_type: str | None, limits: OptionLimits) -> ImageRequest:
-    """One TorchServe request row -> ImageRequest; raises RequestError naming what is wrong."""
+def parse_request(fields: Mapping[str, bytes], content_type: str | None, limits: OptionLimits) -> ImageRequest:
+    """One request's named fields ("body", or a form's fields) -> ImageRequest; raises RequestError
+    naming what is wrong."""
     body = fields.get("body")
     if body is None:
         return _parse_multipart(fields, limits)
-    body = body if isinstance(body, (bytes, bytearray, dict, list)) else str(body).encode("utf-8")
-    if isinstance(body, (dict, list)) or _is_json(content_type, body):
+    if _is_json(content_type, body):
         return _parse_json(body, limits)
     if not body:
         raise RequestError("empty_body", "the request body is empty: send an image, or JSON with 'url' or 'b64'")
@@ -85,14 +85,13 @@ def parse_options(raw: Mapping[str, Any], limits: OptionLimits) -> Options:
     return Options(threshold, max_detections, classes, render)
 
 
-def _parse_json(body: bytes | dict | list, limits: OptionLimits) -> ImageRequest:
-    if isinstance(body, (bytes, bytearray)):
-        try:
-            body = json.loads(bytes(body).decode("utf-8"))
-        except RecursionError:
-            raise RequestError("bad_json", "the JSON body is nested too deeply") from None
-        except (UnicodeDecodeError, ValueError) as error:
-            raise RequestError("bad_json", f"the body is not valid JSON: {error}") from None
+def _parse_json(data: bytes, limits: OptionLimits) -> ImageRequest:
+    try:
+        body = json.loads(bytes(data).decode("utf-8"))
+    except RecursionError:
+        raise RequestError("bad_json", "the JSON body is nested too deeply") from None
+    except (UnicodeDecodeError, ValueError) as error:
+        raise RequestError("bad_json", f"the body is not valid JSON: {error}") from None
     if not isinstance(body, dict):
         raise RequestError("bad_json", "the JSON body must be an object like {\"url\": \"https://...\"} "
                            "or {\"b64\": \"<base64 image>\"}")
@@ -108,7 +107,7 @@ def _parse_json(body: bytes | dict | list, limits: OptionLimits) -> ImageRequest
     return ImageRequest(options, image=_decode_base64(source))
 
 
-def _parse_multipart(fields: Mapping[str, Any], limits: OptionLimits) -> ImageRequest:
+def _parse_multipart(fields: Mapping[str, bytes], limits: OptionLimits) -> ImageRequest:
     files = [name for name in fields if name not in OPTION_NAMES]
     if not files:
         raise RequestError("empty_body", "no image in the request: send it as the body, in a multipart "
@@ -117,8 +116,6 @@ def _parse_multipart(fields: Mapping[str, Any], limits: OptionLimits) -> ImageRe
         raise RequestError("bad_form", f"the form has several image fields ({', '.join(sorted(files))}); "
                            "send one image per request")
     image = fields[files[0]]
-    if isinstance(image, str):
-        image = image.encode("utf-8")
     if not image:
         raise RequestError("empty_body", f"the form field {files[0]!r} is empty")
     options = {name: _text(fields[name]) for name in OPTION_NAMES if name in fields}
@@ -143,14 +140,12 @@ def _is_json(content_type: str | None, body: bytes) -> bool:
     return media_type == "application/json" or media_type.endswith("+json") or body.lstrip()[:1] in (b"{", b"[")
 
 
-def _text(value: Any) -> Any:
-    """Form fields arrive as bytes (TS_DECODE_INPUT_REQUEST=false) or str."""
-    if isinstance(value, (bytes, bytearray)):
-        try:
-            return bytes(value).decode("utf-8")
-        except UnicodeDecodeError:
-            raise RequestError("bad_option", "option values must be UTF-8 text") from None
-    return value
+def _text(value: bytes) -> str:
+    """A form field's value, which options read as text."""
+    try:
+        return bytes(value).decode("utf-8")
+    except UnicodeDecodeError:
+        raise RequestError("bad_option", "option values must be UTF-8 text") from None
 
 
 def _number(value: Any, name: str, kind: type) -> float | int:

@@ -1,22 +1,21 @@
 """The models this service can serve, and where their weights come from.
 
 Four torchvision Faster R-CNN variants with torchvision's published COCO weights, plus the
-embedded shapes model that ships in the repository. Any of the torchvision architectures also
-takes a user's fine-tuned checkpoint and its labels file. Published weights are downloaded once
-into torch's hub cache (where torchvision itself looks) and verified: torchvision names each file
-after the first hex digits of its SHA-256, the same check torch.hub performs.
+embedded shapes model whose weights ship in the repository. Any of the torchvision architectures
+also takes a user's fine-tuned checkpoint and its labels file. Published weights are downloaded
+once into torch's hub cache (where torchvision itself looks) by torch.hub, which checks the
+SHA-256 prefix that torchvision puts in each file name; a cached file is checked again on use.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import requests
 import torch
 from torch import nn
 from torchvision.models import detection
@@ -25,47 +24,40 @@ from torchvision.models._api import WeightsEnum
 from .shapes_net import build_shapes_detector
 from .synthetic import SHAPE_CLASSES
 
-EMBEDDED = "shapes"  # its weights are a file in the repository: model_store/embedded/
+EMBEDDED = "shapes"
 BACKGROUND = "__background__"
+# Written into each model archive: the architecture, labels, weights file and their source.
+MODEL_INFO = "model.json"
 
 
 @dataclass(frozen=True)
 class Architecture:
     name: str
     build: Callable[..., nn.Module]  # build(num_classes=...) -> an untrained model
-    coco_weights: WeightsEnum | None  # torchvision's published COCO weights, if any
-    summary: str
-
-    def labels(self) -> list[str]:
-        """Class names by class id, background first, for the published (or embedded) weights."""
-        if self.coco_weights is not None:
-            return list(self.coco_weights.meta["categories"])
-        return [BACKGROUND, *SHAPE_CLASSES]
+    labels: tuple[str, ...]  # class names of its default weights by class id, background first
+    coco_weights: WeightsEnum | None = None  # torchvision's published COCO weights
+    embedded_weights: str | None = None  # or weights of ours: a file under the model store
 
 
-def _torchvision(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+def _torchvision(builder: Callable[..., nn.Module], weights: WeightsEnum) -> Architecture:
     # weights=None and weights_backbone=None: the builder must not try to download anything.
-    return lambda num_classes, **kwargs: builder(weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
+    return Architecture(builder.__name__,
+                        lambda num_classes, **kwargs: builder(weights=None, weights_backbone=None,
+                                                              num_classes=num_classes, **kwargs),
+                        tuple(weights.meta["categories"]), coco_weights=weights)
 
 
 ARCHITECTURES = {
     arch.name: arch
     for arch in (
-        Architecture("fasterrcnn_resnet50_fpn_v2", _torchvision(detection.fasterrcnn_resnet50_fpn_v2),
-                     detection.FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1,
-                     "COCO box mAP 46.7, 280 GFLOPs: the production default on GPU"),
-        Architecture("fasterrcnn_resnet50_fpn", _torchvision(detection.fasterrcnn_resnet50_fpn),
-                     detection.FasterRCNN_ResNet50_FPN_Weights.COCO_V1,
-                     "COCO box mAP 37.0, 134 GFLOPs: the original pipeline's model"),
-        Architecture("fasterrcnn_mobilenet_v3_large_fpn", _torchvision(detection.fasterrcnn_mobilenet_v3_large_fpn),
-                     detection.FasterRCNN_MobileNet_V3_Large_FPN_Weights.COCO_V1,
-                     "COCO box mAP 32.8, 4.5 GFLOPs: the default on CPU"),
-        Architecture("fasterrcnn_mobilenet_v3_large_320_fpn",
-                     _torchvision(detection.fasterrcnn_mobilenet_v3_large_320_fpn),
-                     detection.FasterRCNN_MobileNet_V3_Large_320_FPN_Weights.COCO_V1,
-                     "COCO box mAP 22.8, 0.7 GFLOPs: fastest, low resolution"),
-        Architecture(EMBEDDED, build_shapes_detector, None,
-                     "embedded: circle/square/triangle, trained by scripts/train_embedded.py"),
+        _torchvision(detection.fasterrcnn_resnet50_fpn_v2, detection.FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1),
+        _torchvision(detection.fasterrcnn_resnet50_fpn, detection.FasterRCNN_ResNet50_FPN_Weights.COCO_V1),
+        _torchvision(detection.fasterrcnn_mobilenet_v3_large_fpn,
+                     detection.FasterRCNN_MobileNet_V3_Large_FPN_Weights.COCO_V1),
+        _torchvision(detection.fasterrcnn_mobilenet_v3_large_320_fpn,
+                     detection.FasterRCNN_MobileNet_V3_Large_320_FPN_Weights.COCO_V1),
+        Architecture(EMBEDDED, build_shapes_detector, (BACKGROUND, *SHAPE_CLASSES),
+                     embedded_weights="embedded/shapes_detector.pt"),
     )
 }
 
@@ -82,40 +74,22 @@ def cached_weights_path(arch: Architecture) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(arch.coco_weights.url)
 
 
-def verify(path: Path, expected_prefix: str) -> None:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    if not digest.hexdigest().startswith(expected_prefix):
-        raise ValueError(f"{path} has SHA-256 {digest.hexdigest()}, expected one starting {expected_prefix}")
-
-
-def published_weights(arch: Architecture, download: bool = True, timeout_s: float = 10.0) -> Path:
-    """The verified published weights file: from the cache, else downloaded into it."""
+def published_weights(arch: Architecture, download: bool = True) -> Path:
+    """The verified published weights file: from the cache, else downloaded into it (torch.hub
+    writes beside the target and renames only a download whose hash matches)."""
     if arch.coco_weights is None:
         raise ValueError(f"{arch.name} has no published weights")
     path = cached_weights_path(arch)
     expected = path.stem.rsplit("-", 1)[-1]  # torchvision names files <name>-<SHA-256 prefix>.pth
-    if path.exists():
-        verify(path, expected)
-        return path
-    if not download:
-        raise FileNotFoundError(f"{path} is not cached")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside the target and renamed once verified: a broken download never looks cached.
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".part", delete=False) as part:
-        staged = Path(part.name)
-    try:
-        with requests.get(arch.coco_weights.url, stream=True, timeout=timeout_s) as response:
-            response.raise_for_status()
-            with open(staged, "wb") as file:
-                for block in response.iter_content(1 << 20):
-                    file.write(block)
-        verify(staged, expected)
-        staged.replace(path)
-    finally:
-        staged.unlink(missing_ok=True)
+    if not path.exists():
+        if not download:
+            raise FileNotFoundError(f"{path} is not cached")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(arch.coco_weights.url, str(path), hash_prefix=expected, progress=False)
+    with open(path, "rb") as file:
+        digest = hashlib.file_digest(file, "sha256").hexdigest()
+    if not digest.startswith(expected):
+        raise ValueError(f"{path} has SHA-256 {digest}, expected one starting {expected}")
     return path
 
 
@@ -145,3 +119,10 @@ def build_model(arch_name: str, labels: list[str], state_dict: dict[str, torch.T
     model = architecture(arch_name).build(num_classes=len(labels))
     model.load_state_dict(state_dict)
     return model.eval()
+
+
+def load_archived_model(model_dir: Path) -> tuple[nn.Module, list[str]]:
+    """The model an unpacked archive describes (its MODEL_INFO), and its labels."""
+    info = json.loads((Path(model_dir) / MODEL_INFO).read_text())
+    state_dict = load_state_dict(Path(model_dir) / info["weights"])
+    return build_model(info["architecture"], info["labels"], state_dict), info["labels"]

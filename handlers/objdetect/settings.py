@@ -13,9 +13,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from .fetch import FetchPolicy
+
 ENV_PREFIX = "OBJDETECT_"
-# The speed switches: all of them off is the exact path, whose results equal `model(images)`.
-SPEED_SWITCHES = ("jpeg_draft", "pre_resize", "channels_last", "fold_batch_norms")
+# The speed switches: all of them off is the exact path, whose results equal `model(images)` on
+# the same device (the last two act only on a GPU).
+SPEED_SWITCHES = ("jpeg_draft", "pre_resize", "channels_last", "fold_batch_norms", "cuda_fp16", "cuda_jpeg_decode")
 
 
 @dataclass(frozen=True)
@@ -60,20 +63,25 @@ class Settings:
             if key not in known:
                 raise ValueError(f"unknown handler setting {key!r}; known: {', '.join(known)}")
             values[key] = _coerce(known[key], value)
-        for name, field in known.items():
+        for name, setting in known.items():
             env_value = environ.get(ENV_PREFIX + name.upper())
             if env_value is not None:
-                values[name] = _coerce(field, env_value)
+                values[name] = _coerce(setting, env_value)
         settings = cls(**values)
         settings._validate()
         return settings
 
-    def exact(self) -> "Settings":
-        """These settings on the exact path: every speed switch off."""
-        return dataclasses.replace(self, **dict.fromkeys(SPEED_SWITCHES, False))
-
-    def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-        return tuple(ipaddress.ip_network(n, strict=False) for n in self.url_trusted_networks)
+    def fetch_policy(self) -> FetchPolicy:
+        """What image URLs may reach and take: only these settings travel to the fetch (not the API keys)."""
+        return FetchPolicy(
+            max_bytes=self.max_download_bytes,
+            connect_timeout_s=self.fetch_connect_timeout_s,
+            read_timeout_s=self.fetch_read_timeout_s,
+            total_timeout_s=self.fetch_total_timeout_s,
+            max_redirects=self.max_redirects,
+            allowed_hosts=self.url_allowed_hosts,
+            trusted_networks=tuple(ipaddress.ip_network(n, strict=False) for n in self.url_trusted_networks),
+        )
 
     def _validate(self) -> None:
         positive = ("max_pixels", "max_download_bytes", "fetch_connect_timeout_s",
@@ -86,7 +94,7 @@ class Settings:
         if self.max_redirects < 0 or self.torch_threads < 0:
             raise ValueError("settings max_redirects and torch_threads must not be negative")
         try:
-            self.trusted_networks()
+            self.fetch_policy()
         except ValueError as error:
             raise ValueError(f"setting url_trusted_networks: {error}") from None
 

@@ -8,10 +8,12 @@ its seed, so a test can draw images the model never saw by choosing a seed train
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 SHAPE_CLASSES = ("circle", "square", "triangle")
@@ -27,6 +29,19 @@ class Sample:
     image: Image.Image
     boxes: list[tuple[float, float, float, float]]  # x1, y1, x2, y2 in pixels
     labels: list[str]
+
+    def target(self) -> dict[str, torch.Tensor]:
+        """The labels as torchvision's detection models take them in training (and torchmetrics
+        in evaluation): boxes (N, 4) and class ids, background being 0."""
+        return {"boxes": torch.tensor(self.boxes, dtype=torch.float32).reshape(-1, 4),
+                "labels": torch.tensor([SHAPE_CLASSES.index(label) + 1 for label in self.labels], dtype=torch.int64)}
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **params) -> bytes:
+    """`image` as the bytes of a `fmt` file (Pillow's format names and save options)."""
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **params)
+    return buffer.getvalue()
 
 
 def generate(seed: int, max_shapes: int = 6) -> Sample:

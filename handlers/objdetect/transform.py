@@ -1,4 +1,4 @@
-"""Transform: decoded uint8 pixels -> the float tensor a torchvision detector takes.
+"""Transform: a decoded image -> the float tensor a torchvision detector takes.
 
 Normalisation and the final resize are the model's own (GeneralizedRCNNTransform), so on the
 exact path served results equal `model(images)`. The fast path shrinks what the model would
@@ -9,34 +9,39 @@ pixels through DecodedImage.scale.
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 import torch
 from torchvision.transforms.v2 import functional as F
 
 from .decode import DecodedImage
+from .errors import RequestError
+from .model_spec import ModelSpec
+
+# The detectors resize the shorter side up and the longer side down; a sliver of an image would
+# resize to zero pixels and fail the whole batch, so such shapes are refused up front.
+MAX_ASPECT_RATIO = 20
 
 
-def model_input_size(width: int, height: int, min_size: int, max_size: int) -> tuple[int, int]:
-    """The (width, height) torchvision's GeneralizedRCNNTransform resizes an image to."""
-    scale = min(min_size / min(width, height), max_size / max(width, height))
-    return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
+def check_shape(image: DecodedImage) -> None:
+    """Refuses an image whose sides differ by more than MAX_ASPECT_RATIO."""
+    if max(image.width, image.height) > MAX_ASPECT_RATIO * min(image.width, image.height):
+        raise RequestError("bad_image_shape", f"the image is {image.width}x{image.height}; "
+                           f"sides may differ by at most {MAX_ASPECT_RATIO}x")
 
 
-def fit_to_model(image: DecodedImage, min_size: int, max_size: int) -> DecodedImage:
+def shrink_to_model(image: DecodedImage, spec: ModelSpec) -> DecodedImage:
     """`image` shrunk to the size the model would shrink it to; an image the model enlarges is kept."""
     height, width = image.pixels.shape[1:]
-    target_width, target_height = model_input_size(width, height, min_size, max_size)
+    target_width, target_height = spec.input_size(width, height)
     if target_width >= width:
         return image
-    pixels = F.resize(image.pixels, [target_height, target_width], antialias=True)
-    return replace(image, pixels=pixels)
+    return replace(image, pixels=F.resize(image.pixels, [target_height, target_width], antialias=True))
 
 
-def to_model_input(pixels: torch.Tensor, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """(3, h, w) uint8 -> (3, h, w) `dtype` in [0, 1] on `device`; converted after the copy, so a GPU
+def to_model_input(pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """(3, h, w) uint8 -> (3, h, w) float32 in [0, 1] on `device`; converted after the copy, so a GPU
     receives a quarter of the bytes (from pinned memory, so the copy runs asynchronously)."""
     if device.type == "cuda" and pixels.device.type == "cpu":
         pixels = pixels.pin_memory()
-    return pixels.to(device, non_blocking=True).to(dtype).div_(255)
+    return pixels.to(device, non_blocking=True).float().div_(255)

@@ -1,0 +1,31 @@
+"""What the request path needs to know about a torchvision detector, read from it in one place.
+
+A torchvision GeneralizedRCNN resizes every image itself (GeneralizedRCNNTransform: the shorter
+side to `min_size` unless the longer would then pass `max_size`) and keeps at most
+`detections_per_img` detections. Decoding, pre-resizing, warm-up and the options' limits all
+depend on those numbers; this module is the only one that reads torchvision's internals for them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    min_size: int
+    max_size: int
+    max_detections: int
+
+    @classmethod
+    def of(cls, model: nn.Module) -> "ModelSpec":
+        # In eval mode the transform resizes to the last of its min_size choices.
+        return cls(model.transform.min_size[-1], model.transform.max_size, model.roi_heads.detections_per_img)
+
+    def input_size(self, width: int, height: int) -> tuple[int, int]:
+        """The (width, height) the model resizes a width x height image to."""
+        scale = min(self.min_size / min(width, height), self.max_size / max(width, height))
+        return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
