@@ -29,7 +29,7 @@ RUN jlink --add-modules java.base,java.desktop,java.logging,java.management,java
 
 WORKDIR /src
 COPY pyproject.toml ./
-COPY scripts/prune_venv.py scripts/
+COPY handlers/objdetect_tools/prune_venv.py ./
 # The serving venv: pyproject's dependencies, without the build-only archiver (installed aside,
 # for the build stage alone). The CA bundle arrives as a build secret where TLS is intercepted;
 # it never lands in a layer.
@@ -46,13 +46,15 @@ print('\n'.join(d for d in deps if d.startswith('torch-model-archiver')), file=o
  && /opt/venv/bin/pip install --no-cache-dir --target /opt/build-tools -r /tmp/build.txt \
  && if [ "$WITH_TRITON" != true ]; then /opt/venv/bin/pip uninstall -y -q triton; fi \
  && /opt/venv/bin/pip uninstall -y -q pip setuptools wheel \
- && /opt/venv/bin/python scripts/prune_venv.py /opt/venv \
+ && /opt/venv/bin/python prune_venv.py /opt/venv \
  && /opt/venv/bin/python -c "import torch, torchvision; \
 m = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None).eval(); \
 m([torch.rand(3, 240, 320)]); print('pruned venv: torch', torch.__version__, 'torchvision', torchvision.__version__, 'predict')"
 
-# The application: the model archive (COCO models download their published weights here and
-# verify their hash), TorchServe's configuration, the entrypoint and the operators' models.py.
+# The application, laid out in /opt/objdetect as in the checkout: the model archive (COCO models
+# download their published weights here and verify their hash), TorchServe's configuration, and
+# objdetect_serving with its two entry points, scripts/server.py (entrypoint and health check) and
+# scripts/models.py (model versions, for operators). The objdetect package travels in the archive.
 ARG MODEL=shapes
 COPY handlers/ handlers/
 COPY scripts/ scripts/
@@ -60,11 +62,13 @@ COPY model_store/embedded/ model_store/embedded/
 COPY config.properties ./
 RUN --mount=type=secret,id=cacert \
     if [ -s /run/secrets/cacert ]; then export REQUESTS_CA_BUNDLE=/run/secrets/cacert; fi \
- && PYTHONPATH=/src/handlers:/opt/build-tools /opt/venv/bin/python scripts/build_mar.py \
+ && PYTHONPATH=/src/handlers:/opt/build-tools PYTHONDONTWRITEBYTECODE=1 /opt/venv/bin/python scripts/build_mar.py \
       --model "$MODEL" --out-dir /opt/objdetect/model_store \
- && mkdir -p /opt/objdetect/scripts \
+ && mkdir -p /opt/objdetect/scripts /opt/objdetect/handlers \
  && cp config.properties /opt/objdetect/ \
- && cp scripts/server.py scripts/models.py /opt/objdetect/scripts/
+ && cp scripts/server.py scripts/models.py /opt/objdetect/scripts/ \
+ && cp -r handlers/objdetect_serving /opt/objdetect/handlers/ \
+ && /opt/venv/bin/python -m compileall -q /opt/objdetect/handlers
 
 
 FROM ${BASE_IMAGE} AS runtime
@@ -86,6 +90,7 @@ COPY --from=build /opt/objdetect /opt/objdetect
 
 # Inference on every interface (the load balancer's); management and metrics stay on loopback.
 ENV PATH=/opt/venv/bin:/opt/jre/bin:$PATH \
+    PYTHONPATH=/opt/objdetect/handlers \
     JAVA_HOME=/opt/jre \
     TS_INFERENCE_ADDRESS=http://0.0.0.0:8080 \
     PYTHONUNBUFFERED=1

@@ -1,0 +1,241 @@
+"""A real TorchServe: started and stopped for `make serve`, the tests and the benchmark, and as the
+container's entrypoint and health check (scripts/server.py).
+
+Each server gets its own temp dir (TorchServe keeps its pid file, logs and config snapshot
+there, and allows one server per dir) and its own process group. Stopping signals the whole
+group: a SIGTERM to TorchServe's launcher alone would orphan the Java server and its workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Callable
+
+import psutil
+
+from .management import Management
+from .paths import CONFIG_PROPERTIES, MODEL_STORE
+
+TORCHSERVE = Path(sys.executable).with_name("torchserve")
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Ports:
+    """TorchServe's five listeners. gRPC cannot be switched off in TorchServe 0.12, so it gets
+    ports too (on loopback, like management), or a second server on the machine fails to bind."""
+
+    inference: int = 8080
+    management: int = 8081
+    metrics: int = 8082
+    grpc_inference: int = 7070
+    grpc_management: int = 7071
+
+    @classmethod
+    def free(cls) -> "Ports":
+        return cls(*(free_port() for _ in fields(cls)))
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        for f in fields(Ports):
+            parser.add_argument(f"--{f.name.replace('_', '-')}-port", type=int, default=f.default)
+
+    @classmethod
+    def from_arguments(cls, args: argparse.Namespace) -> "Ports":
+        return cls(*(getattr(args, f"{f.name}_port") for f in fields(cls)))
+
+
+class TorchServe:
+    def __init__(self, model_store: Path, models: dict[str, str], ports: Ports = Ports(),
+                 config: Path = CONFIG_PROPERTIES, env: dict[str, str] | None = None, log_dir: Path | None = None,
+                 console: bool = False):
+        """`models` maps model names to archive file names in `model_store`; logs go to `log_dir`
+        (default: the server's temp dir, removed by cleanup), and to our stdout when `console`."""
+        self.model_store = Path(model_store).resolve()
+        self.models = models
+        self.ports = ports
+        self.config = config
+        self.env = env or {}
+        self._log_dir = log_dir
+        self.console = console
+        self.workdir: Path | None = None
+        self.process: subprocess.Popen | None = None
+
+    def url(self, api: str = "inference") -> str:
+        return f"http://127.0.0.1:{getattr(self.ports, api)}"
+
+    @property
+    def log_dir(self) -> Path:
+        return self._log_dir or self.workdir / "logs"
+
+    def start(self, ready_timeout_s: float = 180) -> "TorchServe":
+        self.workdir = Path(tempfile.mkdtemp(prefix="objdetect-torchserve-"))
+        config = self.workdir / "config.properties"
+        config.write_text(self._config_text())
+        env = {
+            **os.environ,
+            # The pid file lives in Python's temp dir (TMPDIR first, then TEMP): one per server.
+            "TMPDIR": str(self.workdir),
+            "TEMP": str(self.workdir),
+            "LOG_LOCATION": str(self.log_dir),
+            "METRICS_LOCATION": str(self.log_dir),
+            **self.env,
+        }
+        command = [str(TORCHSERVE), "--start", "--foreground", "--ncs", "--ts-config", str(config),
+                   "--model-store", str(self.model_store),
+                   "--models", *(f"{name}={archive}" for name, archive in self.models.items())]
+        with open(self.workdir / "torchserve.out", "wb") as out:
+            self.process = subprocess.Popen(command, cwd=self.workdir, env=env, stdout=None if self.console else out,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            for name in self.models:
+                self.wait_ready(name, ready_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, model: str, timeout_s: float = 180) -> None:
+        """Until the model has a READY worker (TorchServe's /ping says Healthy before workers load)."""
+        management = Management(self.url("management"), timeout_s=3)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerError(f"TorchServe exited with {self.process.returncode}:\n{self.log_tail()}")
+            if management.ready(model):
+                return
+            time.sleep(0.25)
+        raise ServerError(f"model {model} had no READY worker after {timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def stop(self, timeout_s: float = 30) -> None:
+        """SIGTERM to the whole process group (launcher, Java, workers), SIGKILL to what outlives it."""
+        if self.process is None:
+            return
+        group = self.process.pid  # start_new_session: the launcher leads its own group
+        for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(group, sig)
+            except ProcessLookupError:  # the whole group is gone
+                break
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline and _group_alive(group):
+                self.process.poll()  # reap the launcher
+                time.sleep(0.1)
+            if not _group_alive(group):
+                break
+        self.process.wait()
+        self.process = None
+
+    def cleanup(self) -> None:
+        """Removes the temp dir (logs included); call after stop when the logs are no longer needed."""
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def log_tail(self, lines: int = 60) -> str:
+        texts = []
+        for path in (self.workdir / "torchserve.out", self.log_dir / "model_log.log", self.log_dir / "ts_log.log"):
+            if path.exists():
+                texts.append(f"--- {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
+        return "\n".join(texts)
+
+    def _config_text(self) -> str:
+        """The repository's config.properties, with this server's ports."""
+        text = self.config.read_text()
+        for f in fields(self.ports):
+            port = getattr(self.ports, f.name)
+            if f.name.startswith("grpc"):
+                pattern, replacement = rf"^{f.name}_port=\d+", f"{f.name}_port={port}"
+            else:
+                pattern, replacement = rf"^({f.name}_address=http://[^:\s]+):\d+", rf"\g<1>:{port}"
+            text, count = re.subn(pattern, replacement, text, flags=re.M)
+            if count != 1:
+                raise ServerError(f"{self.config} has no single line for the {f.name} port")
+        return text
+
+    def __enter__(self) -> "TorchServe":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+        self.cleanup()
+
+
+def run_until_signal(server: TorchServe, name: str, on_ready: Callable[[], None] = lambda: None) -> int:
+    """Starts `server`, calls `on_ready`, and serves until SIGINT or SIGTERM; then stops the whole
+    process group. Returns an exit status: 0 when stopped by a signal."""
+    received = {}
+
+    def on_signal(signum, _frame):
+        received["signal"] = signum
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        print(f"{name}: starting TorchServe", flush=True)
+        server.start()
+        print(f"{name}: TorchServe logs are in {server.log_dir}", flush=True)
+        on_ready()
+        server.process.wait()
+        print(f"{name}: TorchServe exited by itself ({server.process.returncode}):\n{server.log_tail()}",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{name}: {signal.Signals(received.get('signal', signal.SIGINT)).name}: stopping TorchServe", flush=True)
+        return 0
+    except ServerError as error:
+        print(f"{name}: {error}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the cleanup
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        server.stop()
+        server.cleanup()
+        print(f"{name}: stopped; no TorchServe process is left", flush=True)
+
+
+def _group_alive(group: int) -> bool:
+    """Whether a process of the group still runs (zombies awaiting their parent do not count)."""
+    for process in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(process.pid) == group and process.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+        except ProcessLookupError:
+            continue
+    return False
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The container's entrypoint (serve until SIGTERM) and health check (--check NAME)."""
+    parser = argparse.ArgumentParser(description="Serve model archives with TorchServe until SIGTERM, "
+                                     "or check that a model has a READY worker (the health check).")
+    parser.add_argument("--model-store", type=Path, default=MODEL_STORE)
+    parser.add_argument("--models", nargs="+", default=["detector=detector-v1.0.mar"], metavar="NAME=ARCHIVE")
+    Ports.add_arguments(parser)
+    parser.add_argument("--check", metavar="NAME", help="exit 0 when model NAME has a READY worker, else 1")
+    args = parser.parse_args(argv)
+    if args.check:
+        return 0 if Management(f"http://127.0.0.1:{args.management_port}", timeout_s=3).ready(args.check) else 1
+    models = dict(pair.split("=", 1) for pair in args.models)
+    server = TorchServe(args.model_store, models, Ports.from_arguments(args), console=True)
+    return run_until_signal(server, "objdetect", lambda: print(f"objdetect: {', '.join(models)} READY", flush=True))
