@@ -18,7 +18,7 @@ METRICS_PORT ?= 8082
 GRPC_INFERENCE_PORT ?= 7070
 GRPC_MANAGEMENT_PORT ?= 7071
 
-.PHONY: setup serve mar test train-embedded clean image image-test loadtest soak bench
+.PHONY: setup serve mar test test-unit train-embedded clean image image-test loadtest soak bench
 
 setup: $(INSTALLED) $(CHECKOV)
 
@@ -48,6 +48,11 @@ mar: $(INSTALLED)
 test: $(INSTALLED) $(CHECKOV)
 	$(PY) -m pytest
 
+# The fast half: every test marked `unit` (no TorchServe, no subprocess), and how long it took.
+test-unit: $(INSTALLED)
+	@SECONDS=0; status=0; $(PY) -m pytest -m unit -q || status=$$?; \
+	  echo "make test-unit: $$SECONDS s"; exit $$status
+
 # Retrains the embedded model from scratch (about 20 minutes on 2 cores); CI never does.
 train-embedded: $(INSTALLED)
 	$(PY) scripts/train_embedded.py --out model_store/embedded/shapes_detector.pt
@@ -57,8 +62,8 @@ clean:
 
 # The container image objdetect:$(FLAVOR) (cuda or cpu), and its sizes. See docs/image.md.
 FLAVOR ?= cuda
-image:
-	FLAVOR=$(FLAVOR) MODEL=$(or $(MODEL),shapes) bash scripts/image.sh
+image: $(INSTALLED)
+	$(PY) scripts/image.py --flavor $(FLAVOR) --model $(or $(MODEL),shapes)
 
 # Builds objdetect:cuda, runs it and checks it (health, a prediction, non-root, nothing to build
 # with inside, SIGTERM); prints the sizes and the cold start.

@@ -1,6 +1,9 @@
 """Remove from a virtual environment what serving never loads; run in the image's build stage.
 
-    python scripts/prune_venv.py /opt/venv
+    python prune_venv.py /opt/venv
+
+The Dockerfile copies this file alone into the build stage (before the project, so the venv layer
+stays cached), so it imports nothing of the project.
 
 Only what can be shown unused is removed (docs/image.md gives the measured list):
 - C/C++ headers, CMake files and static libraries: only compilers read them, and serving compiles

@@ -1,0 +1,245 @@
+"""`make loadtest`: run locust headless against a server and write a report with plots (scripts/loadtest.py).
+
+    python scripts/loadtest.py [--host URL] [--users 4] [--spawn-rate 2] [--duration 60s] [--soak --rate 1]
+
+Without --host, a local TorchServe serving model_store/detector-v1.0.mar is started for the run
+(and stopped). Writes reports/loadtest-<timestamp>/: locust's CSVs and HTML, summary.json
+(requests, failures, throughput_rps, p50_ms, p90_ms, p99_ms, from locust's own aggregate), report.md,
+and plots: throughput and latency percentiles over time, and the latency distribution.
+--soak runs at a fixed rate per user and records the server's memory over time (from the process
+table for a local server, or from --metrics-url), flagging growth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import psutil  # noqa: E402
+import requests  # noqa: E402
+
+from objdetect_serving.archive import archive_path, build_mar  # noqa: E402
+from objdetect_serving.paths import MODEL_STORE, ROOT  # noqa: E402
+from objdetect_serving.torchserve import Ports, TorchServe  # noqa: E402
+
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")  # not imported here: locust monkey-patches what imports it
+# Memory is judged growing when the last quarter of the run sits this much above the first.
+GROWTH_LIMIT = 0.10
+
+
+def run_locust(host: str, out: Path, users: int, spawn_rate: float, duration: str, rate: float | None) -> int:
+    env = {**os.environ, "OBJDETECT_LATENCY_LOG": str(out / "latencies.txt")}
+    if rate:
+        env["OBJDETECT_RATE"] = str(rate)
+    command = [str(Path(sys.executable).with_name("locust")), "-f", str(LOCUSTFILE), "--headless", "--host", host,
+               "--users", str(users), "--spawn-rate", str(spawn_rate), "--run-time", duration,
+               "--csv", str(out / "locust"), "--csv-full-history", "--html", str(out / "locust.html"),
+               "--only-summary", "--stop-timeout", "30"]
+    with open(out / "locust.log", "w") as log:
+        return subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+
+
+def _ms(value: str) -> float | None:
+    """A locust percentile; None where it has none (a run in which every request failed)."""
+    return None if value in ("", "N/A") else float(value)
+
+
+def _num(ms: float | None) -> str:
+    return "-" if ms is None else f"{ms:g}"
+
+
+def summarize(out: Path) -> dict:
+    """The numbers locust measured: its Aggregated row."""
+    with open(out / "locust_stats.csv") as file:
+        rows = {row["Name"]: row for row in csv.DictReader(file)}
+    total = rows["Aggregated"]
+    summary = {
+        "requests": int(total["Request Count"]),
+        "failures": int(total["Failure Count"]),
+        "throughput_rps": round(float(total["Requests/s"]), 3),
+        "p50_ms": _ms(total["50%"]),
+        "p90_ms": _ms(total["90%"]),
+        "p99_ms": _ms(total["99%"]),
+        "per_request_type": {name: {"requests": int(r["Request Count"]), "failures": int(r["Failure Count"]),
+                                    "p50_ms": _ms(r["50%"]), "p99_ms": _ms(r["99%"])}
+                             for name, r in rows.items() if name != "Aggregated"},
+    }
+    return summary
+
+
+def plot(out: Path, memory: list[tuple[float, float]]) -> list[str]:
+    with open(out / "locust_stats_history.csv") as file:
+        history = [r for r in csv.DictReader(file) if r["Name"] == "Aggregated"]
+    start = int(history[0]["Timestamp"]) if history else 0
+    seconds = [int(r["Timestamp"]) - start for r in history]
+
+    def column(name):
+        return [float(r[name]) if r[name] not in ("", "N/A") else float("nan") for r in history]
+
+    figure, (throughput, latency) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    throughput.plot(seconds, column("Requests/s"), label="requests/s")
+    throughput.plot(seconds, column("Failures/s"), label="failures/s", color="tab:red")
+    throughput.set_ylabel("per second")
+    throughput.legend()
+    for name in ("50%", "90%", "99%"):
+        latency.plot(seconds, column(name), label=f"p{name[:-1]}")
+    latency.set_ylabel("latency (ms)")
+    latency.set_xlabel("seconds into the run")
+    latency.legend()
+    figure.suptitle("objdetect load test: throughput and latency percentiles")
+    figure.tight_layout()
+    figure.savefig(out / "over_time.png", dpi=90)
+    plt.close(figure)
+    files = ["over_time.png"]
+
+    latencies = [float(line) for line in (out / "latencies.txt").read_text().split()] if (out / "latencies.txt").exists() else []
+    if latencies:
+        figure, axis = plt.subplots(figsize=(8, 3.5))
+        axis.hist(latencies, bins=50)
+        axis.set_xlabel("latency (ms)")
+        axis.set_ylabel("requests")
+        axis.set_title(f"latency distribution ({len(latencies)} successful requests)")
+        figure.tight_layout()
+        figure.savefig(out / "latency_distribution.png", dpi=90)
+        plt.close(figure)
+        files.append("latency_distribution.png")
+
+    if memory:
+        figure, axis = plt.subplots(figsize=(8, 3.5))
+        axis.plot([t for t, _ in memory], [mb for _, mb in memory])
+        axis.set_xlabel("seconds into the run")
+        axis.set_ylabel("server memory (MB)")
+        axis.set_title("server memory during the soak")
+        figure.tight_layout()
+        figure.savefig(out / "memory.png", dpi=90)
+        plt.close(figure)
+        files.append("memory.png")
+    return files
+
+
+class MemorySampler(threading.Thread):
+    """Samples a server's memory every `interval_s`: the RSS of a local TorchServe's processes,
+    or Prometheus' MemoryUsed from a metrics URL."""
+
+    def __init__(self, server: TorchServe | None, metrics_url: str | None, interval_s: float = 2.0):
+        super().__init__(daemon=True)
+        self.server, self.metrics_url, self.interval_s = server, metrics_url, interval_s
+        self.samples: list[tuple[float, float]] = []
+        self.stopped = threading.Event()
+
+    def run(self):
+        start = time.monotonic()
+        while not self.stopped.wait(self.interval_s):
+            megabytes = self.read()
+            if megabytes is not None:
+                self.samples.append((round(time.monotonic() - start, 1), megabytes))
+
+    def read(self) -> float | None:
+        if self.server is not None:
+            group = self.server.process.pid
+            total = 0
+            for process in psutil.process_iter(["memory_info"]):
+                try:
+                    if os.getpgid(process.pid) == group:
+                        total += process.info["memory_info"].rss
+                except (ProcessLookupError, psutil.Error):
+                    continue
+            return total / 1e6
+        try:
+            for line in requests.get(self.metrics_url, timeout=5).text.splitlines():
+                if line.startswith("MemoryUsed"):
+                    return float(line.split()[-1])
+        except requests.RequestException:
+            return None
+        return None
+
+
+def memory_verdict(samples: list[tuple[float, float]]) -> dict:
+    if len(samples) < 8:
+        return {"samples": len(samples), "verdict": "too few samples to judge"}
+    quarter = len(samples) // 4
+    first = statistics.median(mb for _, mb in samples[:quarter])
+    last = statistics.median(mb for _, mb in samples[-quarter:])
+    growth = (last - first) / first
+    return {"samples": len(samples), "first_quarter_mb": round(first, 1), "last_quarter_mb": round(last, 1),
+            "growth": round(growth, 4), "verdict": "GROWING" if growth > GROWTH_LIMIT else "stable"}
+
+
+def write_report(out: Path, args, summary: dict, plots: list[str], memory: dict | None) -> None:
+    lines = [f"# Load test {out.name}", "",
+             f"Host {args.host or 'a local TorchServe (started for the run)'}, {args.users} users, spawn rate "
+             f"{args.spawn_rate}/s, {args.duration}" + (f", soak at {args.rate} requests/s per user" if args.soak else ""),
+             "", "| requests | failures | throughput (req/s) | p50 (ms) | p90 (ms) | p99 (ms) |", "|---|---|---|---|---|---|",
+             f"| {summary['requests']} | {summary['failures']} | {summary['throughput_rps']} | {_num(summary['p50_ms'])} | "
+             f"{_num(summary['p90_ms'])} | {_num(summary['p99_ms'])} |", "", "| request | requests | failures | p50 (ms) | p99 (ms) |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {name} | {r['requests']} | {r['failures']} | {_num(r['p50_ms'])} | {_num(r['p99_ms'])} |"
+              for name, r in summary["per_request_type"].items()]
+    if memory:
+        lines += ["", f"Server memory: {memory}"]
+    lines += [""] + [f"![{name}]({name})" for name in plots] + ["", "Locust's own report: locust.html; raw numbers: locust_*.csv."]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", help="the server (e.g. https://my-alb.example.com); default: start one locally")
+    parser.add_argument("--users", type=int, default=4)
+    parser.add_argument("--spawn-rate", type=float, default=2)
+    parser.add_argument("--duration", default="60s", help="locust run time: 30s, 10m, 2h")
+    parser.add_argument("--soak", action="store_true", help="fixed rate, and record server memory")
+    parser.add_argument("--rate", type=float, default=1.0, help="with --soak: requests per second per user")
+    parser.add_argument("--metrics-url", help="with --soak and --host: Prometheus metrics to read memory from")
+    parser.add_argument("--out", type=Path, help="report folder (default reports/loadtest-<timestamp>)")
+    args = parser.parse_args()
+
+    out = args.out or ROOT / "reports" / f"loadtest-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
+    out.mkdir(parents=True, exist_ok=True)
+    server = None
+    if not args.host:
+        archive = archive_path(MODEL_STORE, "detector", "1.0")
+        if not archive.exists():
+            build_mar("shapes", MODEL_STORE)
+        server = TorchServe(MODEL_STORE, {"detector": archive.name}, Ports.free()).start()
+        args.host = server.url()
+    sampler = MemorySampler(server, args.metrics_url) if args.soak else None
+    try:
+        if sampler:
+            sampler.start()
+        status = run_locust(args.host, out, args.users, args.spawn_rate, args.duration, args.rate if args.soak else None)
+    finally:
+        if sampler:
+            sampler.stopped.set()
+            sampler.join()
+        if server:
+            server.stop()
+            server.cleanup()
+    if not (out / "locust_stats.csv").exists():
+        print(f"loadtest: locust wrote no statistics; see {out / 'locust.log'}", file=sys.stderr)
+        return 1
+    summary = summarize(out)
+    memory = memory_verdict(sampler.samples) if sampler else None
+    if memory:
+        summary["memory"] = memory
+        (out / "memory.csv").write_text("seconds,megabytes\n" + "".join(f"{t},{mb:.1f}\n" for t, mb in sampler.samples))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_report(out, args, summary, plot(out, sampler.samples if sampler else []), memory)
+    print(f"loadtest: {summary['requests']} requests, {summary['failures']} failures, {summary['throughput_rps']} req/s, "
+          f"p50 {_num(summary['p50_ms'])} ms, p90 {_num(summary['p90_ms'])} ms, p99 {_num(summary['p99_ms'])} ms -> {out}")
+    if memory:
+        print(f"loadtest: server memory {memory}")
+    # Non-zero when any request failed (locust's own verdict) or a soak's memory grew.
+    return status or int(bool(memory and memory["verdict"] == "GROWING"))
