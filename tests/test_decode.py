@@ -1,16 +1,16 @@
 """Decoding: every promised format and mode becomes upright RGB; bad bytes become clear 4xx errors."""
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import encode
 from objdetect.decode import decode_image
 from objdetect.errors import RequestError
+from objdetect.synthetic import encode
+
+pytestmark = pytest.mark.unit
 
 LIMIT = 40_000_000
 RED = (220, 30, 30)
@@ -19,14 +19,6 @@ RED = (220, 30, 30)
 def decoded_colour(data: bytes) -> tuple[int, ...]:
     image = decode_image(data, LIMIT)
     return tuple(int(v) for v in image.pixels[:, image.pixels.shape[1] // 2, image.pixels.shape[2] // 2])
-
-
-def png_header(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height and whose pixel data is a few bytes."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF"])
@@ -107,7 +99,7 @@ def error_of(data: bytes, limit: int = LIMIT) -> RequestError:
     return caught.value
 
 
-def test_a_pixel_bomb_is_refused_from_its_header():
+def test_a_pixel_bomb_is_refused_from_its_header(png_header):
     # 30000 x 30000 claimed, a few bytes of data: decoding it would fail as corrupt, so a
     # "too large" answer shows the refusal came from the header, before any decoding.
     error = error_of(png_header(30000, 30000))
@@ -125,12 +117,15 @@ def test_the_pixel_limit_is_configurable():
     (b"", "empty_body"),
     (b"hello, I am text", "not_an_image"),
     (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", "not_an_image"),  # Pillow reads EPS; we do not
-    (png_header(0, 10), "not_an_image"),
-    (png_header(10, 0), "not_an_image"),
-    (png_header(64, 64), "corrupt_image"),
 ])
 def test_bad_bytes_get_a_named_error(data, code):
     assert error_of(data).code == code
+
+
+@pytest.mark.parametrize("width, height, code", [(0, 10, "not_an_image"), (10, 0, "not_an_image"),
+                                                  (64, 64, "corrupt_image")])
+def test_a_png_header_without_valid_pixels_gets_a_named_error(png_header, width, height, code):
+    assert error_of(png_header(width, height)).code == code
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF"])

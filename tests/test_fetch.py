@@ -1,6 +1,7 @@
 """Fetching image URLs: what is refused and why, and what a permitted fetch really does on the wire."""
 
 import http.server
+import ipaddress
 import ssl
 import subprocess
 import threading
@@ -13,10 +14,12 @@ from objdetect.errors import RequestError
 from objdetect.fetch import fetch_image
 from objdetect.settings import Settings
 
+pytestmark = pytest.mark.unit
+
 PAYLOAD = b"\x89PNG fake image bytes " * 100
-DEFAULT = Settings.load({}, {})
-# Tests reach a local server; loopback is refused unless trusted, so these settings trust 127.0.0.1 alone.
-TRUSTING_LOCALHOST = replace(DEFAULT, url_trusted_networks=("127.0.0.1/32",))
+DEFAULT = Settings.load({}, {}).fetch_policy()
+# Tests reach a local server; loopback is refused unless trusted, so this policy trusts 127.0.0.1 alone.
+TRUSTING_LOCALHOST = replace(DEFAULT, trusted_networks=(ipaddress.ip_network("127.0.0.1/32"),))
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -91,9 +94,9 @@ def to_loopback(host, port):
     return ["127.0.0.1"]
 
 
-def refusal(url, settings=DEFAULT, resolver=None) -> RequestError:
+def refusal(url, policy=DEFAULT, resolver=None) -> RequestError:
     with pytest.raises(RequestError) as caught:
-        fetch_image(url, settings, **({"resolver": resolver} if resolver else {}))
+        fetch_image(url, policy, **({"resolver": resolver} if resolver else {}))
     return caught.value
 
 
@@ -169,7 +172,7 @@ def test_more_than_three_redirects_are_refused(origin):
 
 def test_operators_can_allow_only_listed_hosts(origin):
     _, port = origin
-    allow = replace(TRUSTING_LOCALHOST, url_allowed_hosts=("*.example.com", "cdn.images.test"))
+    allow = replace(TRUSTING_LOCALHOST, allowed_hosts=("*.example.com", "cdn.images.test"))
     assert fetch_image(f"http://a.b.example.com:{port}/image", allow, resolver=to_loopback) == PAYLOAD
     assert fetch_image(f"http://cdn.images.test:{port}/image", allow, resolver=to_loopback) == PAYLOAD
     error = refusal(f"http://evil.test:{port}/image", allow, resolver=to_loopback)
@@ -184,16 +187,16 @@ def test_operators_can_allow_only_listed_hosts(origin):
 ])
 def test_size_cap_and_http_errors(origin, path, code, words):
     base, _ = origin
-    error = refusal(base + path, replace(TRUSTING_LOCALHOST, max_download_bytes=1_000_000))
+    error = refusal(base + path, replace(TRUSTING_LOCALHOST, max_bytes=1_000_000))
     assert error.code == code and words in error.message
 
 
 def test_read_and_total_timeouts(origin):
     base, _ = origin
-    slow = refusal(f"{base}/slow", replace(TRUSTING_LOCALHOST, fetch_read_timeout_s=0.3))
+    slow = refusal(f"{base}/slow", replace(TRUSTING_LOCALHOST, read_timeout_s=0.3))
     assert slow.code == "url_fetch_failed" and "timed out" in slow.message
     started = time.monotonic()
-    trickle = refusal(f"{base}/trickle", replace(TRUSTING_LOCALHOST, fetch_total_timeout_s=0.5))
+    trickle = refusal(f"{base}/trickle", replace(TRUSTING_LOCALHOST, total_timeout_s=0.5))
     assert trickle.code == "url_fetch_failed" and "longer than" in trickle.message
     assert time.monotonic() - started < 3  # the trickle would take 4 s to finish
 

@@ -7,6 +7,8 @@ from torch import nn
 from objdetect.fold import fold_batch_norms
 from objdetect.registry import architecture
 
+pytestmark = pytest.mark.unit
+
 
 def _with_trained_looking_norms(model: nn.Module) -> nn.Module:
     """Fresh norms are identities (mean 0, var 1, weight 1, bias 0), which any fold gets right:

@@ -2,13 +2,14 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
-import loadtest
-from conftest import ROOT
+from objdetect_serving.paths import ROOT
+from objdetect_tools import loadtest
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -18,6 +19,8 @@ def run(*args):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_a_short_run_writes_the_numbers_locust_measured(server, tmp_path):
     out = tmp_path / "report"
     result = run("--host", server.url(), "--users", "2", "--spawn-rate", "2", "--duration", "10s", "--out", str(out))
@@ -43,19 +46,23 @@ def test_a_short_run_writes_the_numbers_locust_measured(server, tmp_path):
     assert (out / "locust.html").stat().st_size > 1000
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_a_wrong_answer_counts_as_a_failure(server, tmp_path):
     """The "guarded" model needs an API key: every answer is a 401, and locust must count failures."""
     out = tmp_path / "report"
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "loadtest.py"), "--host", server.url(),
                              "--users", "1", "--duration", "4s", "--out", str(out)],
                             capture_output=True, text=True, timeout=300,
-                            env={**__import__("os").environ, "OBJDETECT_MODEL": "guarded"})
+                            env={**os.environ, "OBJDETECT_MODEL": "guarded"})
     assert (out / "summary.json").exists(), result.stdout + result.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert result.returncode != 0
     assert summary["requests"] > 0 and summary["failures"] == summary["requests"]
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_soak_records_server_memory_of_a_local_server(tmp_path):
     out = tmp_path / "soak"
     result = run("--users", "2", "--spawn-rate", "2", "--duration", "12s", "--soak", "--rate", "2", "--out", str(out))
@@ -66,6 +73,7 @@ def test_soak_records_server_memory_of_a_local_server(tmp_path):
     assert "memory" in json.loads((out / "summary.json").read_text())
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("megabytes, verdict", [
     ([1000] * 10 + [1002] * 10, "stable"),
     ([1000 + 20 * i for i in range(20)], "GROWING"),

@@ -1,5 +1,6 @@
 """`make serve` end to end: it serves, its printed curl example works, and a signal leaves nothing behind."""
 
+import contextlib
 import os
 import re
 import shlex
@@ -11,8 +12,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import ROOT
-from server import Ports
+from objdetect_serving.paths import ROOT
+from objdetect_serving.torchserve import Ports
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def processes_in(workdir: str) -> list[psutil.Process]:
@@ -27,6 +30,15 @@ def processes_in(workdir: str) -> list[psutil.Process]:
     return [p for p in found if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
+def descendants(pid: int) -> set[psutil.Process]:
+    """Every process below `pid` now: what a failing test must kill, since TorchServe leads its own
+    session and would outlive a kill of make's process group."""
+    try:
+        return set(psutil.Process(pid).children(recursive=True))
+    except psutil.Error:
+        return set()
+
+
 @pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
 def test_make_serve_serves_then_stops_cleanly(stop):
     ports = Ports.free()
@@ -37,11 +49,12 @@ def test_make_serve_serves_then_stops_cleanly(stop):
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,  # its own group, as a terminal's foreground job is
     )
-    output, workdir = [], None
+    output, workdir, started = [], None, set()
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             line = make.stdout.readline()
+            started |= descendants(make.pid)  # TorchServe's own session hides it from make's group
             if not line:
                 break
             output.append(line)
@@ -70,7 +83,9 @@ def test_make_serve_serves_then_stops_cleanly(stop):
         assert processes_in(workdir) == []
         assert re.search(r"serve: SIG(INT|TERM): stopping TorchServe", rest)
     finally:
+        started |= descendants(make.pid)
         if make.poll() is None:
             os.killpg(make.pid, signal.SIGKILL)
-        for leftover in processes_in(workdir) if workdir else []:
-            leftover.kill()
+        for leftover in [*started, *(processes_in(workdir) if workdir else [])]:
+            with contextlib.suppress(psutil.Error):
+                leftover.kill()

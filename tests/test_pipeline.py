@@ -5,17 +5,19 @@ from dataclasses import replace
 
 import pytest
 import torch
+from PIL import Image
 
-from conftest import SHAPE_LABELS, encode
 from objdetect import pipeline, synthetic
 from objdetect.errors import RequestError
 from objdetect.pipeline import Detector, Request
+from objdetect.synthetic import encode
+
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(scope="module")
-def detector(shapes_model):
-    from objdetect.settings import Settings
-    return Detector(shapes_model, SHAPE_LABELS, Settings.load({}, {}), name="shapes", version="3.1")
+def detector(shapes_model, shapes_labels, default_settings):
+    return Detector(shapes_model, shapes_labels, default_settings, name="shapes", version="3.1")
 
 
 def body_of(response) -> dict:
@@ -35,23 +37,25 @@ def test_a_mixed_batch_answers_each_request_in_order(detector):
     for response, sample in zip(responses[::2], samples):
         body = body_of(response)
         assert (body["model"], body["version"]) == ("shapes", "3.1")
+        assert set(body["timings_ms"]) == {"decode", "transform", "predict", "postprocess", "total"}
         assert (body["width"], body["height"]) == sample.image.size
         assert sorted(d["label"] for d in body["detections"]) == sorted(sample.labels)
     assert body_of(responses[1])["error"] == "not_an_image"
     assert body_of(responses[3])["error"] == "bad_base64"
 
 
-def test_urls_are_fetched_with_the_configured_fetcher(shapes_model):
+def test_urls_are_fetched_with_the_configured_fetcher(shapes_model, shapes_labels, default_settings):
     sample = synthetic.generate(2_000_000_001)
     fetched = []
 
-    def fetch(url, settings):
+    def fetch(url, policy):
+        assert policy == default_settings.fetch_policy()  # the URL settings, and nothing else
         fetched.append(url)
         if "refused" in url:
             raise RequestError("url_refused", "not public")
         return encode(sample.image)
 
-    detector = Detector(shapes_model, SHAPE_LABELS, pipeline.Settings.load({}, {}), fetch=fetch)
+    detector = Detector(shapes_model, shapes_labels, default_settings, fetch=fetch)
     good, bad = detector([Request({"body": b'{"url": "https://images.example/a.png"}'}),
                           Request({"body": b'{"url": "https://refused.example/a.png"}'})])
     assert fetched == ["https://images.example/a.png", "https://refused.example/a.png"]
@@ -59,8 +63,8 @@ def test_urls_are_fetched_with_the_configured_fetcher(shapes_model):
     assert bad.status == 400 and body_of(bad) == {"error": "url_refused", "message": "not public"}
 
 
-def test_api_keys_guard_predictions_when_configured(detector):
-    guarded = Detector(detector.model, SHAPE_LABELS, replace(detector.settings, api_keys=("k-1", "k-2")))
+def test_api_keys_guard_predictions_when_configured(detector, shapes_model, shapes_labels):
+    guarded = Detector(shapes_model, shapes_labels, replace(detector.settings, api_keys=("k-1", "k-2")))
     image = encode(synthetic.generate(5).image)
     responses = guarded([
         Request({"body": image}),
@@ -81,12 +85,13 @@ def test_an_image_that_breaks_the_model_fails_alone(detector, monkeypatch):
         return real_predict(model, images, fp16)
 
     monkeypatch.setattr(pipeline, "predict", fragile_predict)
-    from PIL import Image
     poison = encode(Image.new("RGB", (77, 60)))
     fine = encode(synthetic.generate(9).image)
     responses = detector([Request({"body": fine}), Request({"body": poison}), Request({"body": fine})])
     assert [r.status for r in responses] == [200, 500, 200]
     assert body_of(responses[1])["error"] == "prediction_failed"
+    (alone,) = detector([Request({"body": poison})])
+    assert alone.status == 500 and body_of(alone)["error"] == "prediction_failed"
 
 
 def test_out_of_memory_is_left_to_torchserve(detector, monkeypatch):
@@ -105,5 +110,5 @@ def test_warm_up_runs_the_model_once_at_its_input_size(detector):
         assert detector.warm_up() > 0
     finally:
         hook.remove()
-    width, height = detector.model_size(4000, 3000)  # a 4:3 image at the size the model resizes to
+    width, height = detector.spec.input_size(4000, 3000)  # a 4:3 image at the size the model resizes to
     assert seen == [(3, height, width)] and width / height == pytest.approx(4 / 3, rel=0.01)

@@ -14,7 +14,8 @@ from pathlib import Path
 import hcl2
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from objdetect_serving.paths import ROOT
+
 TERRAFORM_DIR = ROOT / "terraform"
 TERRAFORM_ENV = {**os.environ, "TF_CLI_CONFIG_FILE": "/dev/null", "TF_IN_AUTOMATION": "1", "CHECKPOINT_DISABLE": "1"}
 # TorchServe management and metrics, and its gRPC inference and management: all on the container's loopback.
@@ -22,9 +23,12 @@ MANAGEMENT_AND_METRICS_PORTS = {8081, 8082, 7070, 7071}
 
 
 def terraform_binary() -> str:
+    """terraform from PATH. In CI (CI set) its absence fails these tests; elsewhere it skips them."""
     binary = shutil.which("terraform")
     if binary is None:
-        pytest.skip("terraform is not on PATH")
+        if os.environ.get("CI"):
+            pytest.fail("terraform is not on PATH, and CI must run the Terraform tests: install terraform")
+        pytest.skip("terraform is not on PATH (with CI set this fails)")
     return binary
 
 
@@ -66,6 +70,7 @@ def one(value):
 
 # --- tools -----------------------------------------------------------------------------------
 
+@pytest.mark.integration
 def test_terraform_files_are_formatted():
     done = subprocess.run([terraform_binary(), "fmt", "-check", "-recursive", "-diff", str(TERRAFORM_DIR)],
                           capture_output=True, text=True, env=TERRAFORM_ENV, timeout=60)
@@ -79,6 +84,7 @@ def checkov_binary() -> str:
     return binary
 
 
+@pytest.mark.integration
 def test_checkov_finds_no_failed_check_and_every_skip_says_why():
     # checkov ships its own copy of the hcl2 module: keep this interpreter's paths out of its venv.
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
@@ -96,6 +102,7 @@ def test_checkov_finds_no_failed_check_and_every_skip_says_why():
         assert len(reason) >= 40, f"{check['check_id']} on {check['resource']} is skipped without a real reason: {reason!r}"
 
 
+@pytest.mark.unit
 def test_every_checkov_skip_is_inline_in_its_resource():
     skips = [(path.name, line.strip()) for path in TERRAFORM_DIR.glob("*.tf")
              for line in path.read_text().splitlines() if "checkov:skip" in line]
@@ -104,6 +111,7 @@ def test_every_checkov_skip_is_inline_in_its_resource():
         assert re.fullmatch(r"#checkov:skip=CKV2?_AWS_\d+:.{40,}", line), f"{name}: {line}"
 
 
+@pytest.mark.integration
 def test_terraform_validates_where_the_provider_registry_is_reachable(tmp_path):
     """`terraform init -backend=false && terraform validate` in a copy of terraform/. Where the
     registry cannot be reached (no internet here), skipped with terraform's own error; init still
@@ -150,11 +158,13 @@ def plan_variables(workdir: Path, *overrides: str) -> subprocess.CompletedProces
                           cwd=workdir, capture_output=True, text=True, env=TERRAFORM_ENV, timeout=60)
 
 
+@pytest.mark.integration
 def test_the_example_tfvars_passes_every_validation(variables_only):
     done = plan_variables(variables_only)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("override", [
     "image_tag=latest",
     "instance_type=m5.large",
@@ -175,6 +185,7 @@ def test_variables_refuse_bad_values(variables_only, override):
     assert "Invalid value for variable" in done.stderr and variable in done.stderr, done.stderr
 
 
+@pytest.mark.unit
 def test_terraform_and_the_aws_provider_are_pinned():
     settings = config()["terraform"]
     assert any(block.get("required_version") == ">= 1.11" for block in settings)
@@ -184,6 +195,7 @@ def test_terraform_and_the_aws_provider_are_pinned():
     assert re.fullmatch(r"~> 6\.\d+(\.\d+)?", aws["version"])
 
 
+@pytest.mark.unit
 def test_state_lives_in_s3_with_a_lock_file():
     backends = [one(block["backend"]) for block in config()["terraform"] if "backend" in block]
     assert one(backends) == {"s3": {}}  # settings come from backend.hcl per environment
@@ -194,6 +206,7 @@ def test_state_lives_in_s3_with_a_lock_file():
     assert re.search(r"^encrypt\s*=\s*true", example, re.M)
 
 
+@pytest.mark.unit
 def test_every_variable_is_typed_and_described_and_the_example_sets_the_required_ones():
     variables = config()["variable"]
     for name, body in variables.items():
@@ -207,6 +220,7 @@ def test_every_variable_is_typed_and_described_and_the_example_sets_the_required
     assert len(validated) >= len(variables) - 4  # only free-form ones (tags, booleans) go unvalidated
 
 
+@pytest.mark.unit
 def test_outputs_name_the_repository_load_balancer_cluster_and_service():
     outputs = config()["output"]
     expected = {"ecr_repository_url": "aws_ecr_repository.this.repository_url", "alb_dns_name": "aws_lb.this.dns_name",
@@ -217,6 +231,7 @@ def test_outputs_name_the_repository_load_balancer_cluster_and_service():
 
 # --- credentials -----------------------------------------------------------------------------
 
+@pytest.mark.unit
 def test_no_credentials_in_any_provider_block():
     providers = config()["provider"]
     assert providers
@@ -225,6 +240,7 @@ def test_no_credentials_in_any_provider_block():
         assert provider["region"] == "${var.region}"
 
 
+@pytest.mark.unit
 def test_no_access_key_anywhere_in_terraform():
     access_key_id = re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b")
     credential_argument = re.compile(r"^\s*(access_key|secret_key|token|shared_credentials_files?|profile)\s*=")
@@ -239,6 +255,7 @@ def test_no_access_key_anywhere_in_terraform():
 
 # --- registry --------------------------------------------------------------------------------
 
+@pytest.mark.unit
 def test_ecr_tags_are_immutable_scanned_on_push_encrypted_and_expire():
     repository = resources("aws_ecr_repository")["this"]
     assert repository["image_tag_mutability"] == "IMMUTABLE"
@@ -257,6 +274,7 @@ def container() -> dict:
     return config()["locals"]["container"]
 
 
+@pytest.mark.unit
 def test_task_needs_one_gpu_on_ec2_in_awsvpc_mode():
     task = resources("aws_ecs_task_definition")["this"]
     assert task["requires_compatibilities"] == ["EC2"]
@@ -271,6 +289,7 @@ def test_task_needs_one_gpu_on_ec2_in_awsvpc_mode():
     assert any("memory_size" in c for c in conditions) and any("default_vcpus" in c for c in conditions)
 
 
+@pytest.mark.unit
 def test_api_keys_come_from_secrets_manager_never_from_the_environment():
     definition = container()
     assert definition["secrets"] == [{"name": "OBJDETECT_API_KEYS", "valueFrom": "${aws_secretsmanager_secret.api_keys.arn}"}]
@@ -280,6 +299,7 @@ def test_api_keys_come_from_secrets_manager_never_from_the_environment():
     assert "aws_secretsmanager_secret_version" not in config()["resource"]  # the value never enters the state
 
 
+@pytest.mark.unit
 def test_container_runs_as_non_root_with_init_health_check_and_logs():
     definition = container()
     assert definition["user"] == "10001:10001"
@@ -295,6 +315,7 @@ def test_container_runs_as_non_root_with_init_health_check_and_logs():
     assert logs["logDriver"] == "awslogs" and logs["options"]["awslogs-group"] == "${aws_cloudwatch_log_group.service.name}"
 
 
+@pytest.mark.unit
 def test_root_file_system_is_read_only_unless_ecs_exec_needs_it_and_scratch_space_is_writable():
     definition = container()
     assert definition["readonlyRootFilesystem"] == "${local.readonly_root}"
@@ -304,6 +325,7 @@ def test_root_file_system_is_read_only_unless_ecs_exec_needs_it_and_scratch_spac
 
 # --- load balancer, security groups ----------------------------------------------------------
 
+@pytest.mark.unit
 def test_target_group_checks_ping_and_targets_task_addresses():
     group = resources("aws_lb_target_group")["this"]
     check = one(group["health_check"])
@@ -313,6 +335,7 @@ def test_target_group_checks_ping_and_targets_task_addresses():
     assert 5 <= group["deregistration_delay"] <= 120
 
 
+@pytest.mark.unit
 def test_https_with_a_certificate_tls12_and_redirect_else_plain_http():
     listeners = resources("aws_lb_listener")
     https, redirect, http = listeners["https"], listeners["http_redirect"], listeners["http"]
@@ -340,6 +363,7 @@ def resolve(value):
     return config()["locals"][match[1]] if match else value
 
 
+@pytest.mark.unit
 def test_no_rule_ever_opens_the_management_or_metrics_port():
     rules = {**resources("aws_vpc_security_group_ingress_rule"), **resources("aws_vpc_security_group_egress_rule")}
     assert rules
@@ -352,6 +376,7 @@ def test_no_rule_ever_opens_the_management_or_metrics_port():
         assert not MANAGEMENT_AND_METRICS_PORTS & set(ports), f"rule {name} opens {ports}"
 
 
+@pytest.mark.unit
 def test_security_group_descriptions_use_only_characters_ec2_accepts():
     allowed = re.compile(r"[a-zA-Z0-9 ._\-:/()#,@\[\]+=;{}!$*]*")  # EC2's set for groups and rules (no ' or &)
     described = {**resources("aws_security_group"), **resources("aws_vpc_security_group_ingress_rule"),
@@ -361,6 +386,7 @@ def test_security_group_descriptions_use_only_characters_ec2_accepts():
         assert allowed.fullmatch(text), f"{name}: {body['description']!r}"
 
 
+@pytest.mark.unit
 def test_tasks_accept_only_the_inference_port_and_only_from_the_load_balancer():
     ingress = resources("aws_vpc_security_group_ingress_rule")
     to_tasks = {name: rule for name, rule in ingress.items() if rule["security_group_id"] == "${aws_security_group.task.id}"}
@@ -377,6 +403,7 @@ def test_tasks_accept_only_the_inference_port_and_only_from_the_load_balancer():
 
 # --- service, scaling, capacity --------------------------------------------------------------
 
+@pytest.mark.unit
 def test_service_rolls_back_failed_deployments_and_allows_ecs_exec():
     service = resources("aws_ecs_service")["this"]
     assert one(service["deployment_circuit_breaker"]) == {"enable": True, "rollback": True}
@@ -389,6 +416,7 @@ def test_service_rolls_back_failed_deployments_and_allows_ecs_exec():
     assert one(service["capacity_provider_strategy"])["capacity_provider"] == "${aws_ecs_capacity_provider.gpu.name}"
 
 
+@pytest.mark.unit
 def test_service_scales_on_alb_requests_per_target():
     target = resources("aws_appautoscaling_target")["service"]
     assert target["scalable_dimension"] == "ecs:service:DesiredCount"
@@ -400,6 +428,7 @@ def test_service_scales_on_alb_requests_per_target():
     assert metric["resource_label"] == "${aws_lb.this.arn_suffix}/${aws_lb_target_group.this.arn_suffix}"
 
 
+@pytest.mark.unit
 def test_gpu_instances_require_imdsv2_encrypt_volumes_and_join_the_cluster_with_gpu_support():
     template = resources("aws_launch_template")["gpu"]
     metadata = one(template["metadata_options"])
@@ -412,6 +441,7 @@ def test_gpu_instances_require_imdsv2_encrypt_volumes_and_join_the_cluster_with_
     assert template["instance_type"] == "${var.instance_type}"
 
 
+@pytest.mark.unit
 def test_capacity_provider_scales_gpu_instances_and_is_the_cluster_default():
     provider = one(resources("aws_ecs_capacity_provider")["gpu"]["auto_scaling_group_provider"])
     assert one(provider["managed_scaling"])["status"] == "ENABLED"
@@ -423,6 +453,7 @@ def test_capacity_provider_scales_gpu_instances_and_is_the_cluster_default():
     assert setting == {"name": "containerInsights", "value": "enabled"}
 
 
+@pytest.mark.unit
 def test_logs_are_encrypted_and_kept_for_the_configured_retention():
     groups = resources("aws_cloudwatch_log_group")
     assert groups
@@ -432,6 +463,7 @@ def test_logs_are_encrypted_and_kept_for_the_configured_retention():
     assert resources("aws_kms_key")["this"]["enable_key_rotation"] is True
 
 
+@pytest.mark.unit
 def test_readme_walks_a_newcomer_from_prerequisites_to_teardown():
     readme = (TERRAFORM_DIR / "README.md").read_text()
     steps = re.findall(r"^### (\d+)\. ", readme, re.M)

@@ -6,31 +6,34 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SHAPE_LABELS, encode
 from objdetect import synthetic
 from objdetect.decode import DecodedImage
+from objdetect.errors import RequestError
+from objdetect.model_spec import ModelSpec
 from objdetect.pipeline import Detector, Request
-from objdetect.registry import architecture
-from objdetect.settings import Settings
-from objdetect.transform import fit_to_model, model_input_size, to_model_input
+from objdetect.transform import check_shape, shrink_to_model, to_model_input
+
+pytestmark = pytest.mark.unit
 
 
-@pytest.mark.parametrize("width, height", [(4032, 3024), (640, 480), (300, 2000), (100, 80), (1333, 800)])
-@pytest.mark.parametrize("arch", ["fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn_resnet50_fpn_v2", "shapes"])
-def test_model_input_size_is_the_size_torchvision_resizes_to(arch, width, height):
-    transform = architecture(arch).build(num_classes=2).transform.eval()
-    batch, _ = transform([torch.zeros(3, height, width)])
-    expected = tuple(reversed(batch.image_sizes[0]))
-    assert model_input_size(width, height, transform.min_size[-1], transform.max_size) == expected
+def blank(width, height) -> DecodedImage:
+    return DecodedImage(torch.zeros(3, height, width, dtype=torch.uint8), width, height)
 
 
-def test_fit_to_model_shrinks_only_what_the_model_shrinks():
-    big = DecodedImage(torch.zeros(3, 3024, 4032, dtype=torch.uint8), 4032, 3024)
-    fitted = fit_to_model(big, 320, 640)
+def test_shrink_to_model_shrinks_only_what_the_model_shrinks():
+    spec = ModelSpec(min_size=320, max_size=640, max_detections=100)
+    fitted = shrink_to_model(blank(4032, 3024), spec)
     assert fitted.pixels.shape == (3, 320, 426) and fitted.pixels.dtype == torch.uint8
     assert (fitted.width, fitted.height) == (4032, 3024)  # boxes still refer to the original
-    small = DecodedImage(torch.zeros(3, 100, 80, dtype=torch.uint8), 80, 100)
-    assert fit_to_model(small, 320, 640) is small
+    small = blank(80, 100)
+    assert shrink_to_model(small, spec) is small
+
+
+def test_slivers_are_refused_and_long_images_up_to_the_limit_are_not():
+    check_shape(blank(2000, 100))
+    with pytest.raises(RequestError) as caught:
+        check_shape(blank(2000, 99))
+    assert caught.value.code == "bad_image_shape" and "2000x99" in caught.value.message
 
 
 def test_to_model_input_scales_to_unit_floats():
@@ -39,15 +42,15 @@ def test_to_model_input_scales_to_unit_floats():
     assert out.dtype == torch.float32 and torch.allclose(out, pixels.float() / 255)
 
 
-def test_a_photo_decoded_small_still_gets_boxes_in_its_own_pixels(shapes_model):
+def test_a_photo_decoded_small_still_gets_boxes_in_its_own_pixels(shapes_model, shapes_labels, default_settings,
+                                                                  exact_settings):
     """A 2048-px JPEG: drafted to 1/2 and pre-resized by the fast path, whole on the exact path.
     Both must find the same shapes at the same original-pixel places."""
     sample = synthetic.generate(2_000_000_027)
     photo = sample.image.resize((sample.image.width * 2, sample.image.height * 2), Image.NEAREST)
-    data = encode(photo, "JPEG", quality=95)
-    fast = Detector(shapes_model, SHAPE_LABELS, Settings.load({}, {}))
-    exact = Detector(shapes_model, SHAPE_LABELS, fast.settings.exact())
-    answers = [json.loads(d([Request({"body": data})])[0].body) for d in (fast, exact)]
+    data = synthetic.encode(photo, "JPEG", quality=95)
+    detectors = [Detector(shapes_model, shapes_labels, settings) for settings in (default_settings, exact_settings)]
+    answers = [json.loads(d([Request({"body": data})])[0].body) for d in detectors]
     assert answers[0]["width"] == answers[1]["width"] == photo.width
     fast_found, exact_found = (sorted((d["label"], d["box"]) for d in a["detections"]) for a in answers)
     assert [label for label, _ in fast_found] == [label for label, _ in exact_found] == sorted(sample.labels)

@@ -1,21 +1,23 @@
-"""Integration: the real TorchServe on loopback, through HTTP, as clients use it."""
+"""The HTTP API of a real TorchServe on loopback, as clients use it: every form, option and refusal."""
 
 import base64
+import contextlib
 import http.server
 import io
-import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 from PIL import Image
 
-from conftest import encode
 from objdetect import synthetic
-from test_decode import png_header
+from objdetect.synthetic import encode
+from objdetect_serving.archive import build_mar
+from objdetect_tools.workloads import ANSWER_KEYS
 
-SCHEMA_KEYS = {"model", "version", "width", "height", "detections", "timings_ms"}
+pytestmark = pytest.mark.integration
 
 
 def predict(server, data=None, model="detector", **kwargs):
@@ -27,7 +29,7 @@ def assert_detects(response, sample):
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"].startswith("application/json")
     body = response.json()
-    assert set(body) == SCHEMA_KEYS
+    assert set(body) == ANSWER_KEYS
     assert (body["width"], body["height"]) == sample.image.size
     assert sorted(d["label"] for d in body["detections"]) == sorted(sample.labels)
     scores = [d["score"] for d in body["detections"]]
@@ -47,7 +49,7 @@ def test_raw_body_put_as_curl_T_sends_it(server, sample):
                             timeout=60)
     body = assert_detects(response, sample)
     assert body["model"] == "detector" and body["version"] == "1.0"
-    assert {"decode", "predict", "postprocess", "total"} <= set(body["timings_ms"])
+    assert set(body["timings_ms"]) == {"decode", "transform", "predict", "postprocess", "total"}
 
 
 def test_raw_body_post_with_its_content_type(server, sample):
@@ -102,25 +104,45 @@ def test_exif_rotated_photo_gets_boxes_in_upright_pixels(server, sample):
                    for d in body["detections"])
 
 
+def model_log_since(server, offset: int, expected: str, wait_s: float = 5.0) -> str:
+    """What the workers logged after `offset` (bytes into model_log.log), waiting a moment for
+    `expected` to appear: TorchServe's frontend writes the workers' lines as they reach it."""
+    log = server.log_dir / "model_log.log"
+    deadline = time.monotonic() + wait_s
+    while True:
+        with open(log, "rb") as file:
+            file.seek(offset)
+            text = file.read().decode(errors="replace")
+        if expected in text or time.monotonic() > deadline:
+            return text
+        time.sleep(0.1)
+
+
 def test_images_of_different_sizes_share_a_batch(server):
-    """The test server batches up to 4 requests within 200 ms; 4 concurrent requests of 4 sizes
-    must come back right, each with its own image's detections (TorchServe's stock handler fails here)."""
+    """The test server's "detector" batches up to 4 requests within 300 ms (maxBatchDelay); 4
+    concurrent requests of 4 sizes must share one forward pass and come back right, each with its
+    own image's detections (TorchServe's stock handler fails such a batch)."""
     samples = [synthetic.generate(2_000_000_000 + i) for i in (6, 11, 13, 32)]
     assert len({s.image.size for s in samples}) == 4
+    offset = (server.log_dir / "model_log.log").stat().st_size
     with ThreadPoolExecutor(4) as pool:
         responses = list(pool.map(lambda s: predict(server, encode(s.image)), samples))
     for response, sample in zip(responses, samples):
         assert_detects(response, sample)
-    log = (server.log_dir / "model_log.log").read_text()
-    assert "batch of 4 requests" in log
+    assert "batch of 4 requests: 4 images predicted" in model_log_since(server, offset, "batch of 4 requests")
 
 
-BAD_INPUTS = {
+def first_half_of_a_jpeg(sample, _) -> bytes:
+    whole = encode(sample.image, "JPEG")
+    return whole[: len(whole) // 2]
+
+
+BAD_INPUTS = {  # data, or what makes it from (the sample, png_header); headers; error code; status
     "empty body": (b"", {}, "empty_body", 400),
     "not an image": (b"this is not an image", {}, "not_an_image", 400),
-    "truncated image": (None, {}, "corrupt_image", 400),
-    "zero-sized image": (png_header(0, 0), {}, "not_an_image", 400),
-    "pixel bomb": (png_header(30000, 30000), {}, "image_too_large", 413),
+    "truncated image": (first_half_of_a_jpeg, {}, "corrupt_image", 400),
+    "zero-sized image": (lambda _, png_header: png_header(0, 0), {}, "not_an_image", 400),
+    "pixel bomb": (lambda _, png_header: png_header(30000, 30000), {}, "image_too_large", 413),
     "bad base64": (b'{"b64": "%%%"}', {"Content-Type": "application/json"}, "bad_base64", 400),
     "malformed JSON": (b'{"url": "https://a', {"Content-Type": "application/json"}, "bad_json", 400),
     "deeply nested JSON": (b"[" * 50_000 + b"]" * 50_000, {"Content-Type": "application/json"}, "bad_json", 400),
@@ -138,11 +160,9 @@ def worker_pids(server):
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_input_gets_a_4xx_json_error_and_the_worker_keeps_serving(server, sample, case):
+def test_bad_input_gets_a_4xx_json_error_and_the_worker_keeps_serving(server, sample, png_header, case):
     data, headers, code, status = BAD_INPUTS[case]
-    if data is None:
-        whole = encode(sample.image, "JPEG")
-        data = whole[: len(whole) // 2]
+    data = data(sample, png_header) if callable(data) else data
     pids = worker_pids(server)
     response = predict(server, data, headers=headers)
     assert response.status_code == status, response.text
@@ -151,33 +171,44 @@ def test_bad_input_gets_a_4xx_json_error_and_the_worker_keeps_serving(server, sa
     assert predict(server, encode(sample.image)).status_code == 200
 
 
-def test_a_bad_request_in_a_batch_does_not_fail_the_others(server, sample):
+def test_a_bad_request_in_a_batch_does_not_fail_the_others(server, sample, png_header):
     good = encode(sample.image)
     with ThreadPoolExecutor(4) as pool:
         responses = list(pool.map(lambda data: predict(server, data), [good, b"garbage", good, png_header(0, 0)]))
     assert [r.status_code for r in responses] == [200, 400, 200, 400]
 
 
-@pytest.fixture(scope="module")
-def local_image_host(sample):
-    """An HTTP server on loopback with an image, as an attacker's or an operator's internal host."""
-    image = encode(sample.image, "JPEG", quality=95)
+@contextlib.contextmanager
+def http_host(body: bytes):
+    """An HTTP server on loopback answering every GET with `body`; yields its port and the paths
+    it was asked for."""
+    requested = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802
+            requested.append(self.path)
             self.send_response(200)
-            self.send_header("Content-Length", str(len(image)))
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(image)
+            self.wfile.write(body)
 
         def log_message(self, *args):
             pass
 
     host = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=host.serve_forever, daemon=True).start()
-    yield host.server_port
-    host.shutdown()
-    host.server_close()
+    try:
+        yield host.server_port, requested
+    finally:
+        host.shutdown()
+        host.server_close()
+
+
+@pytest.fixture(scope="module")
+def local_image_host(sample):
+    """An image on loopback, as on an attacker's or an operator's internal host: its port."""
+    with http_host(encode(sample.image, "JPEG", quality=95)) as (port, _):
+        yield port
 
 
 @pytest.mark.parametrize("url, words", [
@@ -215,8 +246,22 @@ def test_health_and_metrics_need_no_token(server):
     assert metrics.status_code == 200 and "ts_inference_requests_total" in metrics.text
 
 
-def test_models_cannot_be_registered_from_remote_urls(server):
-    response = requests.post(f"{server.url('management')}/models",
-                             params={"url": "https://example.com/evil.mar"}, timeout=10)
-    assert response.status_code >= 400 and "evil.mar" not in requests.get(
-        f"{server.url('management')}/models", timeout=10).text
+@pytest.fixture(scope="module")
+def archive_host(tmp_path_factory):
+    """A real, loadable archive on loopback: its URL, and the paths the host was asked for."""
+    folder = tmp_path_factory.mktemp("remote")
+    archive = build_mar("shapes", folder, "evil", "1.0")
+    with http_host(archive.read_bytes()) as (port, requested):
+        yield f"http://127.0.0.1:{port}/{archive.name}", requested
+
+
+def test_models_cannot_be_registered_from_remote_urls(server, archive_host):
+    """allowed_urls (config.properties) admits only model_store files: TorchServe refuses a URL
+    before fetching it, even one that serves a loadable archive (CVE-2023-43654, ShellTorch)."""
+    local_url, requested = archive_host
+    for url in ("https://example.com/evil.mar", local_url):
+        response = requests.post(f"{server.url('management')}/models", params={"url": url}, timeout=30)
+        assert response.status_code == 404, response.text  # TorchServe's status for a refused URL
+        assert response.json()["message"] == f"Given URL {url} does not match any allowed URL(s)"
+    assert requested == []  # never fetched
+    assert "evil" not in requests.get(f"{server.url('management')}/models", timeout=10).text
