@@ -1,10 +1,15 @@
-"""Load tests: a short real locust run, whose report must hold what locust measured."""
+"""Load tests: a short real locust run, whose report must hold what the server saw, and answers that
+must count as failures: an error status, our keys missing, the wrong image size."""
 
+import contextlib
 import csv
+import http.server
+import itertools
 import json
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -21,13 +26,22 @@ def run(*args):
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_a_short_run_writes_the_numbers_locust_measured(server, tmp_path):
+def test_a_short_run_reports_the_requests_the_server_answered(server, tmp_path):
+    access_log = server.log_dir / "access_log.log"  # TorchServe's own record: a line per request
+    offset = access_log.stat().st_size
     out = tmp_path / "report"
     result = run("--host", server.url(), "--users", "2", "--spawn-rate", "2", "--duration", "10s", "--out", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
+    with open(access_log, "rb") as file:
+        file.seek(offset)
+        served = [line for line in file.read().decode().splitlines() if '"POST /predictions/detector ' in line]
     with open(out / "locust_stats.csv") as file:
         aggregated = next(row for row in csv.DictReader(file) if row["Name"] == "Aggregated")
     summary = json.loads((out / "summary.json").read_text())
+    # Every request locust counted was answered 200 by the server; a request or two per user may
+    # land while locust winds down, after its final statistics.
+    assert summary["requests"] <= len(served) <= summary["requests"] + 2 * 2
+    assert all('" 200 ' in line for line in served)
     assert summary["requests"] == int(aggregated["Request Count"]) > 5
     assert summary["failures"] == int(aggregated["Failure Count"]) == 0
     assert summary["throughput_rps"] == pytest.approx(float(aggregated["Requests/s"]), abs=1e-3)
@@ -48,7 +62,7 @@ def test_a_short_run_writes_the_numbers_locust_measured(server, tmp_path):
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_a_wrong_answer_counts_as_a_failure(server, tmp_path):
+def test_an_error_status_counts_as_a_failure(server, tmp_path):
     """The "guarded" model needs an API key: every answer is a 401, and locust must count failures."""
     out = tmp_path / "report"
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "loadtest.py"), "--host", server.url(),
@@ -59,6 +73,55 @@ def test_a_wrong_answer_counts_as_a_failure(server, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert result.returncode != 0
     assert summary["requests"] > 0 and summary["failures"] == summary["requests"]
+    assert "HTTP 401" in failures_text(out) and "wrong answer" not in failures_text(out)
+
+
+@contextlib.contextmanager
+def wrong_answers():
+    """A server answering every prediction 200, with JSON that is not our answer: by turns
+    without our keys, and with our keys but a 1x1 image's size."""
+    bodies = itertools.cycle([{"detections": []},
+                              {"model": "detector", "version": "1.0", "width": 1, "height": 1, "detections": [],
+                               "timings_ms": {}}])
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            body = json.dumps(next(bodies)).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    host = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=host.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{host.server_port}"
+    finally:
+        host.shutdown()
+        host.server_close()
+
+
+def failures_text(out) -> str:
+    """Every failure locust recorded, with our locustfile's message, in one string."""
+    with open(out / "locust_failures.csv") as file:
+        return " ".join(row["Error"] for row in csv.DictReader(file))
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_200_with_the_wrong_answer_counts_as_a_failure(tmp_path):
+    out = tmp_path / "report"
+    with wrong_answers() as host:
+        result = run("--host", host, "--users", "1", "--duration", "4s", "--out", str(out))
+    summary = json.loads((out / "summary.json").read_text())
+    assert result.returncode != 0
+    assert summary["requests"] > 1 and summary["failures"] == summary["requests"]
+    assert "not our answer's keys" in failures_text(out) and "answered size 1x1" in failures_text(out)
 
 
 @pytest.mark.integration
