@@ -30,20 +30,26 @@ RUN jlink --add-modules java.base,java.desktop,java.logging,java.management,java
 WORKDIR /src
 COPY pyproject.toml ./
 COPY handlers/objdetect_tools/prune_venv.py ./
-# The serving venv: pyproject's dependencies, without the build-only archiver (installed aside,
-# for the build stage alone). The CA bundle arrives as a build secret where TLS is intercepted;
-# it never lands in a layer.
+# The serving venv: pyproject's dependencies (and, for the cpu flavor, OpenVINO, which is
+# pruned to its CPU runtime), without the build-only archiver. Archiver and a whole OpenVINO,
+# which converts the model's parts for the archive, go aside in /opt/build-tools, for this stage
+# alone. The CA bundle arrives as a build secret where TLS is intercepted; it never lands in a layer.
 RUN --mount=type=secret,id=cacert \
     if [ -s /run/secrets/cacert ]; then export PIP_CERT=/run/secrets/cacert; fi \
- && python3 -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
-print('\n'.join(d for d in deps if not d.startswith('torch-model-archiver')), file=open('/tmp/serving.txt', 'w')); \
-print('\n'.join(d for d in deps if d.startswith('torch-model-archiver')), file=open('/tmp/build.txt', 'w'))" \
+ && python3 -c "import tomllib; project = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+archiver = [d for d in project['dependencies'] if d.startswith('torch-model-archiver')]; \
+openvino = project['optional-dependencies']['openvino'] if '$FLAVOR' == 'cpu' else []; \
+print('\n'.join(d for d in project['dependencies'] + openvino if d not in archiver), file=open('/tmp/serving.txt', 'w')); \
+print('\n'.join(archiver), file=open('/tmp/build.txt', 'w')); print('\n'.join(openvino), file=open('/tmp/convert.txt', 'w'))" \
  && python3 -m venv /opt/venv \
  && if [ "$FLAVOR" = cpu ]; then \
       /opt/venv/bin/pip install --no-cache-dir --index-url "$CPU_INDEX_URL" torch==2.14.1+cpu torchvision==0.29.1+cpu; \
     fi \
  && /opt/venv/bin/pip install --no-cache-dir -r /tmp/serving.txt \
  && /opt/venv/bin/pip install --no-cache-dir --target /opt/build-tools -r /tmp/build.txt \
+ && if [ -s /tmp/convert.txt ]; then \
+      /opt/venv/bin/pip install --no-cache-dir --no-deps --target /opt/build-tools -r /tmp/convert.txt; \
+    fi \
  && if [ "$WITH_TRITON" != true ]; then /opt/venv/bin/pip uninstall -y -q triton; fi \
  && /opt/venv/bin/pip uninstall -y -q pip setuptools wheel \
  && /opt/venv/bin/python prune_venv.py /opt/venv \
@@ -52,7 +58,8 @@ m = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(weights=N
 m([torch.rand(3, 240, 320)]); print('pruned venv: torch', torch.__version__, 'torchvision', torchvision.__version__, 'predict')"
 
 # The application, laid out in /opt/objdetect as in the checkout: the model archive (COCO models
-# download their published weights here and verify their hash), TorchServe's configuration, and
+# download their published weights here and verify their hash; verified with the pruned venv
+# alone: a forward pass in the runtime the flavor serves with), TorchServe's configuration, and
 # objdetect_serving with its two entry points, scripts/server.py (entrypoint and health check) and
 # scripts/models.py (model versions, for operators). The objdetect package travels in the archive.
 ARG MODEL=shapes
@@ -64,6 +71,9 @@ RUN --mount=type=secret,id=cacert \
     if [ -s /run/secrets/cacert ]; then export REQUESTS_CA_BUNDLE=/run/secrets/cacert; fi \
  && PYTHONPATH=/src/handlers:/opt/build-tools PYTHONDONTWRITEBYTECODE=1 /opt/venv/bin/python scripts/build_mar.py \
       --model "$MODEL" --out-dir /opt/objdetect/model_store \
+ && PYTHONPATH=/src/handlers PYTHONDONTWRITEBYTECODE=1 /opt/venv/bin/python scripts/build_mar.py \
+      --verify /opt/objdetect/model_store/detector-v1.0.mar \
+      --expect-runtime "$(if [ "$FLAVOR" = cpu ]; then echo openvino; else echo torch; fi)" \
  && mkdir -p /opt/objdetect/scripts /opt/objdetect/handlers \
  && cp config.properties /opt/objdetect/ \
  && cp scripts/server.py scripts/models.py /opt/objdetect/scripts/ \

@@ -25,7 +25,7 @@ setup: $(INSTALLED) $(CHECKOV)
 # The venv in the checkout, with the pinned dependencies; redone when pyproject.toml changes.
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --no-cache-dir -e '.[dev]'
+	$(PY) -m pip install --no-cache-dir -e '.[dev,openvino]'
 	touch $@
 
 # checkov (Terraform checks) in a venv of its own: it ships its own copy of the hcl2 module.
@@ -48,9 +48,9 @@ mar: $(INSTALLED)
 test: $(INSTALLED) $(CHECKOV)
 	$(PY) -m pytest
 
-# The fast half: every test marked `unit` (no TorchServe, no subprocess), and how long it took.
+# The fast half: every test marked `unit` but not `slow` (no TorchServe, no subprocess), and its time.
 test-unit: $(INSTALLED)
-	@SECONDS=0; status=0; $(PY) -m pytest -m unit -q || status=$$?; \
+	@SECONDS=0; status=0; $(PY) -m pytest -m "unit and not slow" -q || status=$$?; \
 	  echo "make test-unit: $$SECONDS s"; exit $$status
 
 # Retrains the embedded model from scratch (about 20 minutes on 2 cores); CI never does.

@@ -28,7 +28,8 @@ class DetectorHandler:
         settings = Settings.load(config.get("handler"), os.environ)
         # Intra-op threads: the cores shared among this model's workers, so they do not oversubscribe.
         workers = max(1, int(config.get("maxWorkers", 1)))
-        torch.set_num_threads(settings.torch_threads or max(1, len(os.sched_getaffinity(0)) // workers))
+        threads = settings.torch_threads or max(1, len(os.sched_getaffinity(0)) // workers)
+        torch.set_num_threads(threads)
         gpu_id = properties.get("gpu_id")
         device = torch.device(f"cuda:{gpu_id}" if torch.cuda.is_available() and gpu_id is not None else "cpu")
         if device.type == "cuda":
@@ -37,10 +38,14 @@ class DetectorHandler:
             torch.backends.cudnn.benchmark = True
         version = context.manifest["model"].get("modelVersion", "1.0")
         self.detector = Detector.load(properties["model_dir"], settings, device, context.model_name, version,
-                                      readers=int(config.get("batchSize", 1)))
+                                      readers=int(config.get("batchSize", 1)), cpu_threads=threads)
+        if self.detector.openvino_precision:
+            # OpenVINO computes on its own threads; torch's small parts run between its calls, and
+            # torch's idle OpenMP threads, spinning on the same cores, slow OpenVINO down.
+            torch.set_num_threads(1)
         warm_up_ms = self.detector.warm_up()  # TorchServe routes requests here only once this returns
-        log.info("objdetect %s v%s on %s, %d torch threads, warmed up in %.0f ms, settings %s", context.model_name,
-                 version, device, torch.get_num_threads(), warm_up_ms, settings)
+        log.info("objdetect %s v%s on %s, runtime %s, %d threads, warmed up in %.0f ms, settings %s",
+                 context.model_name, version, device, self.detector.runtime, threads, warm_up_ms, settings)
         self.initialized = True
 
     def handle(self, data, context):

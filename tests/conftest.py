@@ -19,9 +19,9 @@ import boto3
 import pytest
 import torch
 
-from objdetect import registry, synthetic
+from objdetect import openvino_runtime, registry, synthetic
 from objdetect.decode import DecodedImage
-from objdetect.settings import SPEED_SWITCHES, Settings
+from objdetect.settings import EXACT_PATH, Settings
 from objdetect_serving.archive import build_mar, default_weights
 from objdetect_serving.paths import MODEL_CONFIG
 from objdetect_serving.torchserve import Ports, TorchServe, free_port
@@ -42,14 +42,22 @@ def shapes_model(shapes_labels):
 
 
 @pytest.fixture(scope="session")
+def shapes_openvino_ir(shapes_model, tmp_path_factory) -> Path:
+    """The embedded model's OpenVINO parts, converted once (seconds) for every Detector built here."""
+    folder = tmp_path_factory.mktemp("shapes-ir") / openvino_runtime.IR_FOLDER
+    openvino_runtime.save(*openvino_runtime.convert(shapes_model, torch.rand(3, 480, 640)), folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def default_settings() -> Settings:
     return Settings.load({}, {})
 
 
 @pytest.fixture(scope="session")
 def exact_settings(default_settings) -> Settings:
-    """The exact path: every speed switch off, so results equal `model(images)`."""
-    return dataclasses.replace(default_settings, **dict.fromkeys(SPEED_SWITCHES, False))
+    """The exact path: every speed switch off and eager torch, so results equal `model(images)`."""
+    return dataclasses.replace(default_settings, **EXACT_PATH)
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +69,8 @@ def model_store(tmp_path_factory) -> Path:
     build_mar(registry.EMBEDDED, store, "detector", "1.0",
               config=_test_config(store, "detector", "batchSize: 4\nmaxBatchDelay: 300\n"))
     build_mar(registry.EMBEDDED, store, "exact", "1.0", config=_test_config(
-        store, "exact", "batchSize: 1\n", handler="handler:\n" + "".join(f"  {name}: false\n" for name in SPEED_SWITCHES)))
+        store, "exact", "batchSize: 1\n", handler="handler:\n" + "".join(
+            f"  {name}: {str(value).lower()}\n" for name, value in EXACT_PATH.items())))
     guarded = _test_config(store, "guarded", "batchSize: 1\n", handler=(
         "handler:\n"
         "  url_trusted_networks: [127.0.0.0/8]\n"

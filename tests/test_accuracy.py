@@ -101,8 +101,11 @@ def served_map(server, samples, model: str) -> float:
 
 @pytest.mark.slow
 def test_embedded_model_map_at_0_5_on_100_fresh_images_through_the_api(server):
-    """On images it never saw, served over HTTP with every speed optimization on: the measured
-    mAP@0.5 within MAP_MARGIN, and within 0.01 of the exact path's."""
+    """On images it never saw, served over HTTP with every speed optimization on (OpenVINO in bf16
+    included): the measured mAP@0.5 within MAP_MARGIN, and within 0.01 of the exact path's."""
+    log = (server.log_dir / "model_log.log").read_text()
+    assert "objdetect detector v1.0 on cpu, runtime openvino bf16" in log  # this CPU has bf16
+    assert "objdetect exact v1.0 on cpu, runtime torch (runtime=torch)" in log
     samples = [synthetic.generate(TEST_SEED + i) for i in range(100)]
     fast, exact = served_map(server, samples, "detector"), served_map(server, samples, "exact")
     print(f"embedded model mAP@0.5 through the API on 100 fresh images: {fast:.3f} (exact path: {exact:.3f})")

@@ -16,8 +16,9 @@ pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(scope="module")
-def detector(shapes_model, shapes_labels, default_settings):
-    return Detector(shapes_model, shapes_labels, default_settings, name="shapes", version="3.1")
+def detector(shapes_model, shapes_labels, default_settings, shapes_openvino_ir):
+    return Detector(shapes_model, shapes_labels, default_settings, name="shapes", version="3.1",
+                    openvino_ir=shapes_openvino_ir)
 
 
 def body_of(response) -> dict:
@@ -44,7 +45,7 @@ def test_a_mixed_batch_answers_each_request_in_order(detector):
     assert body_of(responses[3])["error"] == "bad_base64"
 
 
-def test_urls_are_fetched_with_the_configured_fetcher(shapes_model, shapes_labels, default_settings):
+def test_urls_are_fetched_with_the_configured_fetcher(shapes_model, shapes_labels, default_settings, shapes_openvino_ir):
     sample = synthetic.generate(2_000_000_001)
     fetched = []
 
@@ -55,7 +56,7 @@ def test_urls_are_fetched_with_the_configured_fetcher(shapes_model, shapes_label
             raise RequestError("url_refused", "not public")
         return encode(sample.image)
 
-    detector = Detector(shapes_model, shapes_labels, default_settings, fetch=fetch)
+    detector = Detector(shapes_model, shapes_labels, default_settings, fetch=fetch, openvino_ir=shapes_openvino_ir)
     good, bad = detector([Request({"body": b'{"url": "https://images.example/a.png"}'}),
                           Request({"body": b'{"url": "https://refused.example/a.png"}'})])
     assert fetched == ["https://images.example/a.png", "https://refused.example/a.png"]
@@ -63,8 +64,9 @@ def test_urls_are_fetched_with_the_configured_fetcher(shapes_model, shapes_label
     assert bad.status == 400 and body_of(bad) == {"error": "url_refused", "message": "not public"}
 
 
-def test_api_keys_guard_predictions_when_configured(detector, shapes_model, shapes_labels):
-    guarded = Detector(shapes_model, shapes_labels, replace(detector.settings, api_keys=("k-1", "k-2")))
+def test_api_keys_guard_predictions_when_configured(detector, shapes_model, shapes_labels, shapes_openvino_ir):
+    guarded = Detector(shapes_model, shapes_labels, replace(detector.settings, api_keys=("k-1", "k-2")),
+                       openvino_ir=shapes_openvino_ir)
     image = encode(synthetic.generate(5).image)
     responses = guarded([
         Request({"body": image}),

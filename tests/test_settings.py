@@ -5,7 +5,7 @@ import ipaddress
 
 import pytest
 
-from objdetect.settings import SPEED_SWITCHES, Settings
+from objdetect.settings import EXACT_PATH, SPEED_SWITCHES, Settings
 
 pytestmark = pytest.mark.unit
 
@@ -55,12 +55,30 @@ def test_bad_values_stop_the_load_and_name_the_setting(config, env, words):
         Settings.load(config, env)
 
 
-def test_every_speed_switch_is_a_setting_that_defaults_on():
-    """Turning them all off is the exact path (the tests' and the benchmark's), on any device."""
+def test_every_speed_switch_is_a_setting_that_defaults_on_and_the_exact_path_turns_all_off():
+    """The exact path (the tests' and the benchmark's) on any device: every switch off, eager torch."""
     settings = Settings.load({}, {})
     assert set(SPEED_SWITCHES) <= {f.name for f in dataclasses.fields(Settings)}
     assert {"cuda_fp16", "cuda_jpeg_decode"} <= set(SPEED_SWITCHES)
     assert all(getattr(settings, name) is True for name in SPEED_SWITCHES)
+    assert (settings.runtime, settings.cpu_precision) == ("openvino", "bf16")
+    exact = Settings.load(EXACT_PATH, {})
+    assert not any(getattr(exact, name) for name in SPEED_SWITCHES) and exact.runtime == "torch"
+
+
+@pytest.mark.parametrize("name, value, words", [
+    ("runtime", "tensorrt", "runtime must be one of torch, openvino"),
+    ("cpu_precision", "int8", "cpu_precision must be one of fp32, bf16"),
+    ("runtime", 3, "runtime must be str"),
+])
+def test_the_runtime_and_precision_are_one_of_their_choices(name, value, words):
+    with pytest.raises(ValueError, match=words):
+        Settings.load({name: value}, {})
+
+
+def test_the_runtime_and_precision_take_any_case():
+    settings = Settings.load({}, {"OBJDETECT_RUNTIME": " Torch ", "OBJDETECT_CPU_PRECISION": "FP32"})
+    assert (settings.runtime, settings.cpu_precision) == ("torch", "fp32")
 
 
 def test_the_fetch_policy_carries_the_url_settings_only():

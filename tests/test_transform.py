@@ -43,13 +43,14 @@ def test_to_model_input_scales_to_unit_floats():
 
 
 def test_a_photo_decoded_small_still_gets_boxes_in_its_own_pixels(shapes_model, shapes_labels, default_settings,
-                                                                  exact_settings):
+                                                                  exact_settings, shapes_openvino_ir):
     """A 2048-px JPEG: drafted to 1/2 and pre-resized by the fast path, whole on the exact path.
     Both must find the same shapes at the same original-pixel places."""
     sample = synthetic.generate(2_000_000_027)
     photo = sample.image.resize((sample.image.width * 2, sample.image.height * 2), Image.NEAREST)
     data = synthetic.encode(photo, "JPEG", quality=95)
-    detectors = [Detector(shapes_model, shapes_labels, settings) for settings in (default_settings, exact_settings)]
+    detectors = [Detector(shapes_model, shapes_labels, settings, openvino_ir=shapes_openvino_ir)
+                 for settings in (default_settings, exact_settings)]
     answers = [json.loads(d([Request({"body": data})])[0].body) for d in detectors]
     assert answers[0]["width"] == answers[1]["width"] == photo.width
     fast_found, exact_found = (sorted((d["label"], d["box"]) for d in a["detections"]) for a in answers)

@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from . import registry
+from . import openvino_runtime, registry
 from .auth import authorize
 from .decode import DecodedImage, decode_image, decode_jpeg_on_gpu
 from .detections import Detections
@@ -74,16 +74,24 @@ class Outcome:
 class Detector:
     def __init__(self, model: nn.Module, class_names: list[str], settings: Settings,
                  device: torch.device | str = "cpu", name: str = "detector", version: str = "1.0",
-                 readers: int = 4, fetch: Callable[[str, FetchPolicy], bytes] = fetch_image):
-        """`readers`: threads that read and decode requests, as many as a batch can hold."""
+                 readers: int = 4, fetch: Callable[[str, FetchPolicy], bytes] = fetch_image,
+                 cpu_threads: int | None = None, openvino_ir: Path | None = None):
+        """`readers`: threads that read and decode requests, as many as a batch can hold.
+        `cpu_threads`: what OpenVINO may use (default: torch's); `openvino_ir`: the parts converted
+        ahead (an archive's), else they are converted here, which takes seconds."""
         self.device = torch.device(device)
         self.spec = ModelSpec.of(model)
-        if settings.fold_batch_norms:
-            model, _ = fold_batch_norms(model)  # a folded copy: the caller's model stays as it was
-        self.model = model.eval().to(self.device)
-        # In place: the module's weights change layout (both ways, so a shared module is never left
-        # in a layout this detector did not ask for).
-        self.model.to(memory_format=torch.channels_last if settings.channels_last else torch.contiguous_format)
+        # openvino_precision: what OpenVINO runs at, None for eager torch; runtime: that, in words.
+        self.openvino_precision, self.runtime = openvino_runtime.choose(settings.runtime, settings.cpu_precision,
+                                                                       self.device)
+        if self.openvino_precision:
+            parts = openvino_runtime.load(openvino_ir) if openvino_ir else \
+                openvino_runtime.convert(model, torch.rand(3, 480, 640))
+            # A copy: the caller's model stays as it was. Its remaining torch parts have no convolutions.
+            self.model = openvino_runtime.accelerate(model, *parts, self.openvino_precision,
+                                                     cpu_threads or torch.get_num_threads())
+        else:
+            self.model = self._eager(model, settings)
         self.class_names = class_names
         self.settings = settings
         self.name, self.version = name, version
@@ -96,12 +104,23 @@ class Detector:
         self.fp16 = self.device.type == "cuda" and settings.cuda_fp16
         self._readers = ThreadPoolExecutor(max_workers=max(1, readers), thread_name_prefix="objdetect-read")
 
+    def _eager(self, model: nn.Module, settings: Settings) -> nn.Module:
+        if settings.fold_batch_norms:
+            model, _ = fold_batch_norms(model)  # a folded copy: the caller's model stays as it was
+        model = model.eval().to(self.device)
+        # In place: the module's weights change layout (both ways, so a shared module is never left
+        # in a layout this detector did not ask for).
+        return model.to(memory_format=torch.channels_last if settings.channels_last else torch.contiguous_format)
+
     @classmethod
     def load(cls, model_dir: str | Path, settings: Settings, device: torch.device | str = "cpu",
-             name: str = "detector", version: str = "1.0", readers: int = 4) -> "Detector":
-        """The detector an unpacked model archive describes."""
+             name: str = "detector", version: str = "1.0", readers: int = 4,
+             cpu_threads: int | None = None) -> "Detector":
+        """The detector an unpacked model archive describes (with its OpenVINO IR, when it has it)."""
         model, labels = registry.load_archived_model(Path(model_dir))
-        return cls(model, labels, settings, device, name, version, readers)
+        ir = Path(model_dir) / openvino_runtime.IR_FOLDER
+        return cls(model, labels, settings, device, name, version, readers, cpu_threads=cpu_threads,
+                   openvino_ir=ir if ir.is_dir() else None)
 
     def warm_up(self) -> float:
         """One forward pass on a blank 4:3 image, before the first request: the first pass pays for

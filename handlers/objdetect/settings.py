@@ -16,9 +16,13 @@ from typing import Any, Mapping
 from .fetch import FetchPolicy
 
 ENV_PREFIX = "OBJDETECT_"
-# The speed switches: all of them off is the exact path, whose results equal `model(images)` on
-# the same device (the last two act only on a GPU).
+# The speed switches (the last two act only on a GPU) and the CPU runtime.
 SPEED_SWITCHES = ("jpeg_draft", "pre_resize", "channels_last", "fold_batch_norms", "cuda_fp16", "cuda_jpeg_decode")
+RUNTIMES = ("torch", "openvino")
+CPU_PRECISIONS = ("fp32", "bf16")
+# The exact path: every speed switch off, eager torch. Its results equal `model(images)` on the
+# same device (tests/test_accuracy.py).
+EXACT_PATH: dict[str, Any] = {**dict.fromkeys(SPEED_SWITCHES, False), "runtime": "torch"}
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,12 @@ class Settings:
     # On a GPU: autocast to float16, and decode JPEGs with nvJPEG on the GPU.
     cuda_fp16: bool = True
     cuda_jpeg_decode: bool = True
+    # On a CPU (objdetect/openvino_runtime.py): "openvino" runs the backbone, RPN head and box head in
+    # OpenVINO, "torch" all of it eagerly; cpu_precision "bf16" where the CPU has it natively
+    # (avx512_bf16, AMX: else fp32, logged), "fp32" for results equal to eager torch's. Defaults:
+    # the fastest measured (README "Performance"); without OpenVINO installed, torch.
+    runtime: str = "openvino"
+    cpu_precision: str = "bf16"
 
     @classmethod
     def load(cls, handler_config: Mapping[str, Any] | None = None, environ: Mapping[str, str] = os.environ) -> "Settings":
@@ -93,6 +103,9 @@ class Settings:
             raise ValueError(f"setting default_threshold must be within 0..1, got {self.default_threshold}")
         if self.max_redirects < 0 or self.torch_threads < 0:
             raise ValueError("settings max_redirects and torch_threads must not be negative")
+        for name, choices in (("runtime", RUNTIMES), ("cpu_precision", CPU_PRECISIONS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"setting {name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         try:
             self.fetch_policy()
         except ValueError as error:
@@ -120,6 +133,10 @@ def _coerce(field: dataclasses.Field, value: Any) -> Any:
             if isinstance(value, bool):
                 raise ValueError
             return float(value)
+        if kind == "str":
+            if not isinstance(value, str):
+                raise ValueError
+            return value.strip().lower()
     except (TypeError, ValueError):
         raise ValueError(f"setting {field.name} must be {kind}, got {value!r}") from None
     raise TypeError(f"unsupported setting type {kind}")

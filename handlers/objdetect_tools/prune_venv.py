@@ -13,6 +13,7 @@ Only what can be shown unused is removed (docs/image.md gives the measured list)
   load them: not as a dependency (ELF NEEDED), not by dlopen (the name would appear in a
   binary), not by torch's own preloading (a Python name pattern). The check runs on every
   build: if a future wheel starts naming one, the build fails instead of shipping a broken image;
+- OpenVINO's GPU and NPU plugins, its frontends but the IR one, and its tools (OPENVINO_UNUSED);
 - the symbol tables of torch's three largest libraries (`strip --strip-unneeded`): the dynamic
   symbols, which loading and linking use, stay.
 Then `import torch, torchvision` and a prediction run in the build (Dockerfile) as the proof.
@@ -33,6 +34,19 @@ UNREFERENCED_CANDIDATES = (
     "libnvblas",  # BLAS drop-in for CPU programs
     "libcufftw",  # FFTW-compatible interface
     "libnvperf_target", "libpcsamplingutil", "libcheckpoint",  # profiling tools
+)
+# OpenVINO (the cpu flavor): what serving archives' parts on a CPU does not load. The plugins and
+# frontends are found by file name at run time, so "nothing names them" cannot show this; the
+# build's prediction with the pruned venv does (Dockerfile), and tests/test_prune_venv.py runs an
+# archive's parts on a pruned copy. Kept: libopenvino, the CPU plugin and the IR frontend (archives
+# carry IR, converted at build time with a full OpenVINO beside the venv), TBB, the Python bindings.
+OPENVINO_UNUSED = (
+    "openvino/libs/libopenvino_intel_gpu_plugin.so", "openvino/libs/libopenvino_intel_npu_plugin.so",
+    "openvino/libs/cache.json",  # the GPU plugin's kernel tuning cache
+    *(f"openvino/libs/libopenvino_{name}_frontend.so*"
+      for name in ("pytorch", "onnx", "tensorflow", "tensorflow_lite", "paddle", "jax", "gguf")),
+    *(f"openvino/frontend/{name}" for name in ("pytorch", "onnx", "tensorflow", "paddle", "jax")),
+    "openvino/tools",  # model conversion (ovc) and benchmark_app
 )
 # Libraries whose symbol tables go: PyTorch's own, built with their symbol tables and never patched
 # afterwards, and all loaded by `import torch` (on a CPU too), so the build's proof exercises the
@@ -80,6 +94,11 @@ def unreferenced_libraries(site: Path) -> list[Path]:
     return candidates
 
 
+def openvino_extras(site: Path) -> list[Path]:
+    """What of OPENVINO_UNUSED is present (nothing where OpenVINO is not installed)."""
+    return sorted(path for pattern in OPENVINO_UNUSED for path in site.glob(pattern))
+
+
 def strip_symbols(site: Path) -> int:
     """Strips the symbol tables of torch's own large libraries; returns the bytes saved."""
     saved = 0
@@ -103,7 +122,8 @@ def main() -> int:
     site = site_packages(args.venv)
 
     for label, paths in (("headers, CMake files, static libraries, test executables", remove_build_files(site)),
-                         ("unreferenced CUDA libraries", unreferenced_libraries(site))):
+                         ("unreferenced CUDA libraries", unreferenced_libraries(site)),
+                         ("OpenVINO's GPU and NPU plugins, frontends and tools", openvino_extras(site))):
         total = 0
         for path in paths:
             total += size(path)

@@ -12,7 +12,7 @@ from model_archiver.model_archiver_config import ModelArchiverConfig
 from model_archiver.model_packaging import generate_model_archive
 
 from objdetect import registry, shapes_net
-from objdetect.settings import ENV_PREFIX, SPEED_SWITCHES
+from objdetect.settings import ENV_PREFIX, EXACT_PATH
 from objdetect_serving.archive import archive_path, build_mar
 from objdetect_serving.paths import MODEL_CONFIG
 
@@ -22,18 +22,21 @@ from .models import BenchModel
 from .results import ServerConfig
 
 
-def _switched_off(*switches: str) -> dict[str, str]:
-    return {f"{ENV_PREFIX}{name.upper()}": "false" for name in switches}
+def _settings(**values) -> dict[str, str]:
+    """objdetect settings as the environment overrides them."""
+    return {f"{ENV_PREFIX}{name.upper()}": str(value).lower() for name, value in values.items()}
 
 
 # Our handler with some of its optimizations switched off (objdetect settings, by environment):
 # measured at the configuration `ours` chose for the cell, so only the switch differs.
 EXTRA_VARIANTS: dict[str, dict[str, str]] = {
-    "ours_exact": _switched_off(*SPEED_SWITCHES),
-    "ours_no_draft": _switched_off("jpeg_draft"),
-    "ours_no_pre_resize": _switched_off("pre_resize"),
-    "ours_no_channels_last": _switched_off("channels_last"),
-    "ours_no_fold_batch_norms": _switched_off("fold_batch_norms"),
+    "ours_exact": _settings(**EXACT_PATH),
+    "ours_torch": _settings(runtime="torch"),
+    "ours_fp32": _settings(cpu_precision="fp32"),
+    "ours_no_draft": _settings(jpeg_draft=False),
+    "ours_no_pre_resize": _settings(pre_resize=False),
+    "ours_no_channels_last": _settings(channels_last=False),
+    "ours_no_fold_batch_norms": _settings(fold_batch_norms=False),
 }
 
 

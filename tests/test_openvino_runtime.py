@@ -1,0 +1,123 @@
+"""runtime=openvino: the dense parts in OpenVINO, equal to torchvision's own forward pass in fp32 at
+every size (no size is baked into the converted parts), and the choice of runtime and precision."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from objdetect import openvino_runtime, registry, synthetic
+from objdetect.pipeline import Detector, Request
+
+pytestmark = pytest.mark.unit
+
+# Sizes after which nothing about the image repeats: 64 px to 4032 px, portrait, landscape, square,
+# odd sides, and aspect ratios up to 12:1 (the model's transform resizes each differently).
+SIZES = [(64, 64), (4032, 3024), (3024, 4032), (640, 480), (480, 640), (1000, 1000), (1280, 720),
+         (720, 1280), (333, 777), (1500, 125), (125, 1500), (901, 900)]
+
+
+def synthetic_image(seed: int, size: tuple[int, int]) -> torch.Tensor:
+    pixels = np.array(synthetic.generate(seed).image.resize(size, Image.BILINEAR))
+    return torch.from_numpy(pixels).permute(2, 0, 1).float().div(255)
+
+
+def images(count: int) -> list[torch.Tensor]:
+    """`count` generated images, at SIZES and then at seeded random sizes of the same range."""
+    rng = np.random.default_rng(7)
+    sizes = SIZES + [tuple(int(v) for v in rng.integers(64, 4033, 2)) for _ in range(count - len(SIZES))]
+    return [synthetic_image(2_000_000_000 + i, size) for i, size in enumerate(sizes)]
+
+
+def unmatched(got: dict, expected: dict, model: torch.nn.Module, box_px: float = 0.5, score: float = 1e-3) -> list[str]:
+    """What of `expected` has no counterpart in `got`: the same label, score and box within the
+    tolerances, one to one (where scores tie, the order may differ). Detections at the edge of
+    being kept, within `score` of the score threshold or of the last of a full list, may be kept
+    by one and not the other: they are left out of the comparison."""
+    cap, threshold = model.roi_heads.detections_per_img, model.roi_heads.score_thresh
+    edge = max(threshold, expected["scores"][-1].item() if len(expected["scores"]) == cap else threshold) + score
+    got, expected = ({k: v[d["scores"] > edge] for k, v in d.items()} for d in (got, expected))
+    if len(got["scores"]) != len(expected["scores"]):
+        return [f"{len(got['scores'])} detections above {edge:.4f}, expected {len(expected['scores'])}"]
+    free, missing = set(range(len(got["scores"]))), []
+    for box, value, label in zip(expected["boxes"], expected["scores"], expected["labels"]):
+        close = [i for i in free if got["labels"][i] == label and abs(got["scores"][i] - value) <= score
+                 and (got["boxes"][i] - box).abs().max() <= box_px]
+        if close:
+            free.remove(min(close, key=lambda i: (got["boxes"][i] - box).abs().max().item()))
+        else:
+            missing.append(f"{label.item()} {value.item():.4f} {[round(v, 1) for v in box.tolist()]}")
+    return missing
+
+
+def with_calibrated_norms(model: torch.nn.Module, calibration: list[torch.Tensor]) -> torch.nn.Module:
+    """Seeded random weights with fresh batch norms shrink a backbone's activations to ~1e-8, so
+    every proposal scores alike and which of two tied ones survives is float noise. Set each norm's
+    statistics from calibration images instead, as training would: features then vary as a
+    trained model's do, scores differ, and an equality test compares the computation."""
+    norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a plain average over the calibration images
+    model.backbone.train()
+    with torch.no_grad():
+        for image in calibration:
+            model.backbone(model.transform([image])[0].tensors)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def mobilenet():
+    torch.manual_seed(0)
+    arch = registry.architecture("fasterrcnn_mobilenet_v3_large_320_fpn")
+    calibration = [synthetic_image(3_000_000_000 + i, (640, 480)) for i in range(8)]
+    return with_calibrated_norms(arch.build(num_classes=len(arch.labels)), calibration)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_name", ["shapes", "mobilenet"])
+def test_fp32_equals_torchvisions_forward_pass_at_every_size(model_name, shapes_model, mobilenet):
+    model = shapes_model if model_name == "shapes" else mobilenet
+    parts = openvino_runtime.convert(model, torch.rand(3, 480, 640))  # one size converts for all
+    fast = openvino_runtime.accelerate(model, *parts, "fp32", threads=2)
+    found, problems = 0, {}
+    with torch.inference_mode():
+        for image in images(100):
+            got, expected = fast([image])[0], model([image])[0]
+            found += len(expected["scores"])
+            if missing := unmatched(got, expected, model):
+                problems[tuple(image.shape[1:])] = missing[:3]
+    assert not problems, problems
+    assert found >= 100  # most images have detections to compare
+
+
+def test_the_parts_saved_in_an_archive_serve_as_the_converted_ones(shapes_model, shapes_labels, default_settings,
+                                                                   shapes_openvino_ir):
+    loaded = Detector(shapes_model, shapes_labels, default_settings, openvino_ir=shapes_openvino_ir)
+    converted = Detector(shapes_model, shapes_labels, default_settings)
+    assert loaded.runtime == converted.runtime == "openvino bf16"
+    request = Request({"body": synthetic.encode(synthetic.generate(2_000_000_027).image)})
+    answers = [json.loads(detector([request])[0].body)["detections"] for detector in (loaded, converted)]
+    assert answers[0] == answers[1] and len(answers[0]) == 6
+
+
+@pytest.mark.parametrize("runtime, precision, device, bf16, installed, expected", [
+    ("openvino", "bf16", "cpu", True, True, ("bf16", "openvino bf16")),
+    ("openvino", "fp32", "cpu", True, True, ("fp32", "openvino fp32")),
+    ("openvino", "bf16", "cpu", False, True, ("fp32", "openvino fp32 (bf16 asked for, but this CPU has no")),
+    ("openvino", "bf16", "cpu", True, False, (None, "torch (runtime=openvino, but OpenVINO is not installed")),
+    ("openvino", "bf16", "cuda", True, True, (None, "torch (OpenVINO serves CPU workers")),
+    ("torch", "bf16", "cpu", True, True, (None, "torch (runtime=torch)")),
+])
+def test_the_runtime_falls_back_and_says_why(monkeypatch, runtime, precision, device, bf16, installed, expected):
+    monkeypatch.setattr(openvino_runtime, "bf16_supported", lambda: bf16)
+    monkeypatch.setattr(openvino_runtime, "available", lambda: installed)
+    chosen, why = openvino_runtime.choose(runtime, precision, torch.device(device))
+    assert chosen == expected[0] and why.startswith(expected[1])
+
+
+def test_this_cpu_reports_bf16_as_proc_cpuinfo_does():
+    flags = open("/proc/cpuinfo").read().split()
+    assert openvino_runtime.bf16_supported() == ("avx512_bf16" in flags or "amx_bf16" in flags)
