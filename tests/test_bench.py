@@ -24,7 +24,7 @@ from objdetect_tools.bench import goals, load, report, results, run, stock_model
 from objdetect_tools.bench.results import Cell, VariantResult
 from objdetect_tools.workloads import Payload
 
-WORKLOADS, CONCURRENCY, VARIANTS = ("small", "mixed"), (1, 4), ("direct", "stock", "ours")
+WORKLOADS, CONCURRENCY, VARIANTS = ("small", "mixed"), (1, 4), ("direct", "openvino_direct", "stock", "ours")
 SHAPE_LABELS = registry.architecture("shapes").labels
 
 
@@ -75,7 +75,7 @@ def real_run(test):
 # ---------------------------------------------------------------- the quick real run
 
 @real_run
-def test_every_cell_has_throughput_latencies_and_errors_for_all_three(quick_run):
+def test_every_cell_has_throughput_latencies_and_errors_for_every_variant(quick_run):
     for workload, c, cell in cells(quick_run["report"]):
         for variant in VARIANTS:
             result = cell[variant]
@@ -88,10 +88,10 @@ def test_every_cell_has_throughput_latencies_and_errors_for_all_three(quick_run)
 
 
 @real_run
-def test_ratios_are_ours_over_stock_and_direct(quick_run):
+def test_ratios_are_ours_over_stock_and_both_directs(quick_run):
     for _, _, cell in cells(quick_run["report"]):
         ratios = cell["ratios"]
-        for other in ("stock", "direct"):
+        for other in ("stock", "direct", "openvino_direct"):
             assert ratios[f"throughput_ours_vs_{other}"] == pytest.approx(
                 cell["ours"]["throughput"] / cell[other]["throughput"], rel=1e-2)
             assert ratios[f"p50_ms_ours_vs_{other}"] == pytest.approx(
@@ -211,23 +211,27 @@ def test_median_of_runs_and_the_best_configuration():
     assert run.best(measured) == "w2b1"  # the fastest that answered everything
 
 
-def _goal_cell(stock, ours, direct_p50=100.0, ours_p50=105.0, stock_p99=900.0, ours_p99=800.0) -> Cell:
-    variants = {"direct": VariantResult(10.0, direct_p50, 200.0, 0, 10, {}),
-                "stock": VariantResult(stock, 300.0, stock_p99, 0, 10, {}),
-                "ours": VariantResult(ours, ours_p50, ours_p99, 0, 10, {})}
+def _goal_cell(stock, ours, openvino_p50=100.0, ours_p50=105.0) -> Cell:
+    variants = {"openvino_direct": VariantResult(10.0, openvino_p50, 200.0, 0, 10, {}),
+                "stock": VariantResult(stock, 300.0, 900.0, 0, 10, {}),
+                "ours": VariantResult(ours, ours_p50, 800.0, 0, 10, {})}
     return Cell(variants, {}, results.ratios(variants))
 
 
 @pytest.mark.unit
 def test_goals_met_not_met_and_not_measured():
-    measured = {goals.GOAL_MODEL: {"small": {1: _goal_cell(5.0, 6.0)}, "phone": {4: _goal_cell(1.0, 3.5)}},
-                "shapes": {"small": {1: _goal_cell(5.0, 4.0, ours_p50=120.0)}}}
+    measured = {goals.GOAL_MODEL: {"small": {1: _goal_cell(5.0, 9.5)}, "phone": {4: _goal_cell(1.0, 6.5)}},
+                "shapes": {"small": {1: _goal_cell(5.0, 4.0)}}}
     verdicts = {(g.goal[:5], g.model): g.met for g in goals.evaluate(measured)}
-    assert verdicts[("phone", goals.GOAL_MODEL)] is True
-    assert verdicts[("small", goals.GOAL_MODEL)] is True and verdicts[("small", "shapes")] is False
+    assert verdicts[("small", goals.GOAL_MODEL)] is True and verdicts[("phone", goals.GOAL_MODEL)] is True
     assert verdicts[("no wo", goals.GOAL_MODEL)] is True and verdicts[("no wo", "shapes")] is False
-    measured[goals.GOAL_MODEL]["phone"][4] = _goal_cell(1.0, 3.5, ours_p99=1000.0)  # p99 worse than stock
-    assert goals.evaluate(measured)[0].met is False
+    for small, met in ((_goal_cell(5.0, 8.5), False),  # 1.7x stock
+                       (_goal_cell(5.0, 9.5, ours_p50=120.0), False),  # 1.2x openvino_direct's p50
+                       (_goal_cell(5.0, 9.0, ours_p50=115.0), True)):  # both just met
+        measured[goals.GOAL_MODEL]["small"][1] = small
+        assert goals.evaluate(measured)[0].met is met
+    measured[goals.GOAL_MODEL]["phone"][4] = _goal_cell(1.0, 5.5)
+    assert goals.evaluate(measured)[1].met is False
     assert goals.evaluate({"shapes": {}})[0].met is None
 
 

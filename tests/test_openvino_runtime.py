@@ -41,14 +41,17 @@ def unmatched(got: dict, expected: dict, model: torch.nn.Module, box_px: float =
     got, expected = ({k: v[d["scores"] > edge] for k, v in d.items()} for d in (got, expected))
     if len(got["scores"]) != len(expected["scores"]):
         return [f"{len(got['scores'])} detections above {edge:.4f}, expected {len(expected['scores'])}"]
-    free, missing = set(range(len(got["scores"]))), []
-    for box, value, label in zip(expected["boxes"], expected["scores"], expected["labels"]):
-        close = [i for i in free if got["labels"][i] == label and abs(got["scores"][i] - value) <= score
-                 and (got["boxes"][i] - box).abs().max() <= box_px]
-        if close:
-            free.remove(min(close, key=lambda i: (got["boxes"][i] - box).abs().max().item()))
+    box_gap = (got["boxes"][None, :, :] - expected["boxes"][:, None, :]).abs().amax(-1)  # expected x got
+    close = ((got["labels"][None, :] == expected["labels"][:, None]) & (box_gap <= box_px)
+             & ((got["scores"][None, :] - expected["scores"][:, None]).abs() <= score))
+    free, missing = torch.ones(len(got["scores"]), dtype=torch.bool), []
+    for i in range(len(expected["scores"])):
+        candidates = (close[i] & free).nonzero().flatten()
+        if len(candidates):
+            free[candidates[box_gap[i, candidates].argmin()]] = False
         else:
-            missing.append(f"{label.item()} {value.item():.4f} {[round(v, 1) for v in box.tolist()]}")
+            box = [round(v, 1) for v in expected["boxes"][i].tolist()]
+            missing.append(f"{expected['labels'][i].item()} {expected['scores'][i].item():.4f} {box}")
     return missing
 
 
@@ -76,15 +79,20 @@ def mobilenet():
     return with_calibrated_norms(arch.build(num_classes=len(arch.labels)), calibration)
 
 
+@pytest.fixture(scope="module")
+def hundred_images():
+    return images(100)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model_name", ["shapes", "mobilenet"])
-def test_fp32_equals_torchvisions_forward_pass_at_every_size(model_name, shapes_model, mobilenet):
+def test_fp32_equals_torchvisions_forward_pass_at_every_size(model_name, shapes_model, mobilenet, hundred_images):
     model = shapes_model if model_name == "shapes" else mobilenet
     parts = openvino_runtime.convert(model, torch.rand(3, 480, 640))  # one size converts for all
     fast = openvino_runtime.accelerate(model, *parts, "fp32", threads=2)
     found, problems = 0, {}
     with torch.inference_mode():
-        for image in images(100):
+        for image in hundred_images:
             got, expected = fast([image])[0], model([image])[0]
             found += len(expected["scores"])
             if missing := unmatched(got, expected, model):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -126,13 +127,14 @@ class _Part(nn.Module):
 
     def __init__(self, compiled, pack: Callable[[list[torch.Tensor]], object]):
         super().__init__()
-        self.request = compiled.create_infer_request()  # one: a worker predicts one batch at a time
-        self.outputs = compiled.outputs
-        self.pack = pack
+        self.compiled, self.outputs, self.pack = compiled, compiled.outputs, pack
+        self._local = threading.local()  # an infer request per calling thread: they are not thread-safe
 
     def forward(self, inputs):
         flat = inputs if isinstance(inputs, (list, tuple)) else [inputs]
-        result = self.request.infer([tensor.contiguous().numpy() for tensor in flat])
+        if not hasattr(self._local, "request"):
+            self._local.request = self.compiled.create_infer_request()
+        result = self._local.request.infer([tensor.contiguous().numpy() for tensor in flat])
         return self.pack([torch.from_numpy(result[output]) for output in self.outputs])
 
 

@@ -123,12 +123,14 @@ def http_sender(url: str, check: Callable[[Any, Payload], bool], answers: Answer
     return send
 
 
-def direct_sender(model: torch.nn.Module, serial: bool, answers: Answers) -> Send:
-    """PIL decode -> pil_to_tensor -> float / 255 -> model([tensor]) in this process, no server.
+def direct_sender(model: torch.nn.Module, serial: bool, threads: int, answers: Answers) -> Send:
+    """PIL decode -> pil_to_tensor -> float / 255 -> model([tensor]) in this process, no server, on
+    `threads` torch threads (set on each call: variants take turns in one process).
     `serial`: the clients take turns (a queue in front of one loop) instead of sharing the model."""
     turn = threading.Lock() if serial else contextlib.nullcontext()
 
     def send(payload: Payload) -> bool:
+        torch.set_num_threads(threads)
         try:
             with turn, torch.inference_mode():
                 image = Image.open(io.BytesIO(payload.data)).convert("RGB")

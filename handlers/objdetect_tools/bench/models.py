@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from objdetect import registry
+from objdetect import openvino_runtime, registry
+from objdetect.settings import Settings
 from objdetect_serving.archive import default_weights
 from objdetect_serving.paths import ROOT
 
@@ -23,9 +25,11 @@ BOOSTED_CLASS, BOOST = 1, 5.0
 class BenchModel:
     name: str  # a registry architecture
     labels: list[str]
-    weights: Path  # a float32 state_dict that all three variants load
+    weights: Path  # a float32 state_dict that all the variants load
     weights_note: str  # where the weights came from, for the report
     module: torch.nn.Module  # for `direct`, in eval mode
+    openvino: torch.nn.Module | None  # for `openvino_direct`: the module with OpenVINO parts, as ours runs it
+    openvino_runtime: str  # what openvino_direct runs (or why it does not), for the report
 
 
 def prepare_model(name: str, workdir: Path) -> BenchModel:
@@ -48,4 +52,9 @@ def prepare_model(name: str, workdir: Path) -> BenchModel:
                 f"logit +{BOOST:g}): no COCO weights can be downloaded here, and timing does not depend on them")
     torch.save(state_dict, weights)
     module = registry.build_model(name, labels, registry.load_state_dict(weights))
-    return BenchModel(name, labels, weights, note, module)
+    # Our handler's defaults, as a worker with every core resolves them.
+    defaults = Settings.load({}, {})
+    precision, runtime = openvino_runtime.choose(defaults.runtime, defaults.cpu_precision, torch.device("cpu"))
+    accelerated = openvino_runtime.accelerate(module, *openvino_runtime.convert(module, torch.full((3, 480, 640), 0.5)),
+                                              precision, len(os.sched_getaffinity(0))) if precision else None
+    return BenchModel(name, labels, weights, note, module, accelerated, runtime)

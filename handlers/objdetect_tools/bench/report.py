@@ -10,10 +10,11 @@ from .results import SERVER_KINDS, Cell, ConfigSearch, Report, VariantResult
 from .results import format_number as num
 
 MARK = {True: "met", False: "**not met**", None: "not measured"}
-MAIN_COLUMNS = ["workload", "c", "direct img/s", "direct p50 / p99", "stock img/s", "stock p50 / p99", "stock err",
-                "stock config", "ours img/s", "ours p50 / p99", "ours err", "ours config", "ours/stock img/s",
-                "ours/stock p50", "ours/direct img/s", "ours/direct p50"]
-MAIN_ALIGN = "llrrrrrlrrrlrrrr"  # l: text, r: a number
+MAIN_COLUMNS = ["workload", "c", "direct img/s", "direct p50 / p99", "openvino_direct img/s",
+                "openvino_direct p50 / p99", "stock img/s", "stock p50 / p99", "stock err", "stock config",
+                "ours img/s", "ours p50 / p99", "ours err", "ours config", "ours/stock img/s", "ours/stock p50",
+                "ours/direct img/s", "ours/direct p50", "ours/openvino_direct p50"]
+MAIN_ALIGN = "llrrrrrrrlrrrlrrrrr"  # l: text, r: a number
 
 
 def render_markdown(report: Report) -> str:
@@ -101,12 +102,13 @@ def _chosen(cell: Cell, kind: str) -> str:
 
 
 def _main_row(workload: str, c: int, cell: Cell) -> list[str]:
-    direct, stock, ours = (cell.variants.get(v) for v in ("direct", "stock", "ours"))
+    direct, openvino, stock, ours = (cell.variants.get(v) for v in ("direct", "openvino_direct", "stock", "ours"))
     r = cell.ratios.get
-    return [workload, str(c), _throughput(direct), _latency(direct), _throughput(stock), _latency(stock),
-            _errors(stock), _chosen(cell, "stock"), _throughput(ours), _latency(ours), _errors(ours),
-            _chosen(cell, "ours"), num(r("throughput_ours_vs_stock")), num(r("p50_ms_ours_vs_stock")),
-            num(r("throughput_ours_vs_direct")), num(r("p50_ms_ours_vs_direct"))]
+    return [workload, str(c), _throughput(direct), _latency(direct), _throughput(openvino), _latency(openvino),
+            _throughput(stock), _latency(stock), _errors(stock), _chosen(cell, "stock"), _throughput(ours),
+            _latency(ours), _errors(ours), _chosen(cell, "ours"), num(r("throughput_ours_vs_stock")),
+            num(r("p50_ms_ours_vs_stock")), num(r("throughput_ours_vs_direct")), num(r("p50_ms_ours_vs_direct")),
+            num(r("p50_ms_ours_vs_openvino_direct"))]
 
 
 def _extra_variants(extra: list[str], rows: list[tuple[str, int, Cell]]) -> list[str]:
@@ -153,10 +155,14 @@ def _how_it_is_measured(settings: dict) -> list[str]:
         "",
         "## How it is measured",
         "",
-        "- Same model, weights, images and machine for all three; one `make bench` run.",
+        "- Same model, weights, images and machine for all; one `make bench` run.",
         "- `direct`: PIL decode -> `pil_to_tensor` -> float / 255 -> `model([tensor])` under `torch.inference_mode`, "
         f"in the benchmark process, no server (mode `{settings.get('direct_mode', 'threads')}`: at concurrency N, "
-        "N threads share the model; `serial`: they queue for one loop).",
+        "N threads share the model; `serial`: they queue for one loop), torch on every core.",
+        "- `openvino_direct`: the same loop with the model's backbone, RPN head and box head in OpenVINO, as our "
+        "workers run them (`objdetect.openvino_runtime`; OpenVINO on every core, torch on one thread): "
+        + "; ".join(f"{model}: {runtime}" for model, runtime in settings.get("openvino_direct", {}).items())
+        + ". The floor for a server on this runtime.",
         "- `stock`: TorchServe 0.12 with its built-in `object_detector` handler (archive: `--model-file` with one "
         "no-argument class, `--serialized-file`, `index_to_name.json`); it stacks a batch into one tensor, so a "
         "batch of mixed sizes fails (503) for every request in it: those are counted as errors.",

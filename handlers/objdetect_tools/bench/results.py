@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SERVER_KINDS = ("stock", "ours")  # the variants whose configuration is searched; extras run at ours'
+LOCAL_KINDS = ("direct", "openvino_direct")  # the model in the benchmark's process, no server
 
 
 @dataclass(frozen=True)
@@ -150,8 +151,8 @@ class Report:
 
 
 def ratios(variants: dict[str, VariantResult], extra_variants: tuple[str, ...] | list[str] = ()) -> dict:
-    """ours/stock and ours/direct for throughput (higher is better) and p50/p99 (lower is better);
-    ours/extra for throughput and p50."""
+    """ours over stock, direct and openvino_direct for throughput (higher is better) and p50/p99
+    (lower is better); ours/extra for throughput and p50."""
     def ratio(variant: str, metric: str) -> float | None:
         ours, other = variants.get("ours"), variants.get(variant)
         if ours is None or other is None or getattr(ours, metric) is None or not getattr(other, metric):
@@ -159,7 +160,7 @@ def ratios(variants: dict[str, VariantResult], extra_variants: tuple[str, ...] |
         return round(getattr(ours, metric) / getattr(other, metric), 3)
 
     out = {f"{metric}_ours_vs_{variant}": ratio(variant, metric)
-           for variant in ("stock", "direct") for metric in ("throughput", "p50_ms", "p99_ms")}
+           for variant in ("stock", *LOCAL_KINDS) for metric in ("throughput", "p50_ms", "p99_ms")}
     for variant in extra_variants:
         out.update({f"{metric}_ours_vs_{variant}": ratio(variant, metric) for metric in ("throughput", "p50_ms")})
     return out
@@ -263,7 +264,7 @@ def _setup_to_json(setup: Setup) -> dict:
 
 
 def _setup_from_json(variant: str, data: dict) -> Setup:
-    if variant == "direct":
+    if variant in LOCAL_KINDS:
         return DirectSetup(data["mode"], data["torch_threads"])
     if variant not in SERVER_KINDS:
         failed = data.get("failed")

@@ -12,8 +12,6 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from objdetect.settings import ENV_PREFIX
 from objdetect_serving.torchserve import Ports, ServerError, TorchServe
 
@@ -65,6 +63,7 @@ class Bench:
         self.payloads = {w: workload_images(w, options.images[w]) for w in options.workloads}
         self.failures: list[str] = []
         self.weights: dict[str, str] = {}  # model -> where its weights came from
+        self.openvino_runtimes: dict[str, str] = {}  # model -> what openvino_direct ran
 
     def log(self, message: str) -> None:
         self._log(f"[{time.monotonic() - self.began:6.0f}s] {message}")
@@ -81,6 +80,7 @@ class Bench:
                 self.log(f"{name}: preparing weights and archives")
                 model = prepare_model(name, store)
                 self.weights[name] = model.weights_note
+                self.openvino_runtimes[name] = model.openvino_runtime
                 results[name] = self.run_model(model, store)
         return results
 
@@ -95,22 +95,27 @@ class Bench:
         return {w: {c: cells[(w, c)] for c in self.o.concurrency} for w in self.o.workloads}
 
     def _search_configs(self, model: BenchModel, store: Path, archives: dict, cells: dict[CellKey, Cell]) -> None:
-        """stock and ours: every candidate configuration, side by side; the best per cell. direct (the
-        model in this process) takes its turns with them wherever a cell is first measured."""
+        """stock and ours: every candidate configuration, side by side; the best per cell. direct and
+        openvino_direct (the model in this process, eager and with ours' OpenVINO parts) take their
+        turns with them wherever a cell is first measured."""
         o = self.o
-        direct = partial(direct_sender, model.module, o.direct_mode == "serial")
+        serial = o.direct_mode == "serial"
+        local_variants = {"direct": (partial(direct_sender, model.module, serial, o.cores), o.cores)}
+        if model.openvino is not None:  # as our workers run it: OpenVINO on the cores, torch on one thread
+            local_variants["openvino_direct"] = (partial(direct_sender, model.openvino, serial, 1), 1)
         per_config: dict[ServerConfig, Served] = {}
         unmeasured = set(cells)
         for config in o.configs:
             mine = [(w, c) for w, c in cells if config in candidates(o.configs, c)]
             if not mine:
                 continue
-            local = {"direct": direct} if unmeasured & set(mine) else {}
+            local = {v: make for v, (make, _) in local_variants.items()} if unmeasured & set(mine) else {}
             per_config[config] = served = self.serve_and_measure(
                 model, config, store, archives, mine, {kind: (kind, {}) for kind in SERVER_KINDS}, local)
             for key in (unmeasured & set(mine)) if local else ():
-                cells[key].variants["direct"] = served.measured["direct"][key]
-                cells[key].configs["direct"] = DirectSetup(o.direct_mode, torch.get_num_threads())
+                for variant, (_, threads) in local_variants.items():
+                    cells[key].variants[variant] = served.measured[variant][key]
+                    cells[key].configs[variant] = DirectSetup(o.direct_mode, threads)
             unmeasured -= set(mine)
         for kind in SERVER_KINDS:
             failed = {cfg.label: s.failed[kind] for cfg, s in per_config.items() if kind in s.failed}
