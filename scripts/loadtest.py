@@ -1,6 +1,6 @@
 """`make loadtest` / `make soak`: locust headless against a server, with a report (objdetect_tools.loadtest).
 
-    python scripts/loadtest.py [--host URL] [--users 4] [--spawn-rate 2] [--duration 60s] [--soak --rate 1]
+    python scripts/loadtest.py [--host URL] [--users 4] [--spawn-rate 2] [--duration 60s] [--soak --rate 1 --warmup-s 60]
 """
 
 import sys

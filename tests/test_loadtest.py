@@ -128,12 +128,15 @@ def test_a_200_with_the_wrong_answer_counts_as_a_failure(tmp_path):
 @pytest.mark.slow
 def test_soak_records_server_memory_of_a_local_server(tmp_path):
     out = tmp_path / "soak"
-    result = run("--users", "2", "--spawn-rate", "2", "--duration", "12s", "--soak", "--rate", "2", "--out", str(out))
+    # 12 s is all warm-up (a new server's memory climbs for its first ~40 s), so nothing is judged.
+    result = run("--users", "2", "--spawn-rate", "2", "--duration", "12s", "--soak", "--rate", "2", "--warmup-s", "60",
+                 "--out", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
     samples = (out / "memory.csv").read_text().splitlines()[1:]
     assert len(samples) >= 3 and all(float(line.split(",")[1]) > 100 for line in samples)  # MB of a real server
     assert (out / "memory.png").read_bytes()[:8] == PNG
-    assert "memory" in json.loads((out / "summary.json").read_text())
+    assert json.loads((out / "summary.json").read_text())["memory"] == {
+        "samples": 0, "verdict": "too few samples after the warm-up to judge"}
 
 
 @pytest.mark.unit
@@ -143,3 +146,12 @@ def test_soak_records_server_memory_of_a_local_server(tmp_path):
 ])
 def test_memory_growth_is_flagged(megabytes, verdict):
     assert loadtest.memory_verdict(list(enumerate(megabytes)))["verdict"] == verdict
+
+
+@pytest.mark.unit
+def test_growth_during_the_warm_up_is_not_judged():
+    warming_then_flat = [(t, 1000 + 25 * t) for t in range(10)] + [(t, 1250) for t in range(10, 30)]
+    assert loadtest.memory_verdict(warming_then_flat)["verdict"] == "GROWING"
+    judged = loadtest.memory_verdict(warming_then_flat, warmup_s=10)
+    assert judged["verdict"] == "stable" and judged["samples"] == 20
+    assert loadtest.memory_verdict(warming_then_flat, warmup_s=25)["verdict"].startswith("too few")
