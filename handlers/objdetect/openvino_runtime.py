@@ -150,8 +150,11 @@ def accelerate(model: nn.Module, models: dict, wiring: dict, precision: str, thr
     at `precision` ("fp32" or "bf16") on `threads` CPU threads."""
     import openvino as ov
 
+    # No CPU pinning: each worker process would pin its threads from core 0 up, not knowing of the
+    # others, so two workers of one thread each shared core 0 (measured: 60 ms per image each, 44-49
+    # unpinned; one process alone, 44 either way).
     config = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision], "INFERENCE_NUM_THREADS": threads,
-              "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+              "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "ENABLE_CPU_PINNING": False}
     core = ov.Core()
     compiled = {part: core.compile_model(ov_model, "CPU", config) for part, ov_model in models.items()}
     fast = copy.deepcopy(model).eval()
