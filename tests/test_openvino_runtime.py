@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from objdetect import openvino_runtime, registry, synthetic
+from objdetect import openvino_runtime, synthetic
 from objdetect.pipeline import Detector, Request
+from objdetect_tools.equivalence import calibrated_architecture, synthetic_image, unmatched
 
 pytestmark = pytest.mark.unit
 
@@ -19,11 +19,6 @@ SIZES = [(64, 64), (4032, 3024), (3024, 4032), (640, 480), (480, 640), (1000, 10
          (720, 1280), (333, 777), (1500, 125), (125, 1500), (901, 900)]
 
 
-def synthetic_image(seed: int, size: tuple[int, int]) -> torch.Tensor:
-    pixels = np.array(synthetic.generate(seed).image.resize(size, Image.BILINEAR))
-    return torch.from_numpy(pixels).permute(2, 0, 1).float().div(255)
-
-
 def images(count: int) -> list[torch.Tensor]:
     """`count` generated images, at SIZES and then at seeded random sizes of the same range."""
     rng = np.random.default_rng(7)
@@ -31,52 +26,9 @@ def images(count: int) -> list[torch.Tensor]:
     return [synthetic_image(2_000_000_000 + i, size) for i, size in enumerate(sizes)]
 
 
-def unmatched(got: dict, expected: dict, model: torch.nn.Module, box_px: float = 0.5, score: float = 1e-3) -> list[str]:
-    """What of `expected` has no counterpart in `got`: the same label, score and box within the
-    tolerances, one to one (where scores tie, the order may differ). Detections at the edge of
-    being kept, within `score` of the score threshold or of the last of a full list, may be kept
-    by one and not the other: they are left out of the comparison."""
-    cap, threshold = model.roi_heads.detections_per_img, model.roi_heads.score_thresh
-    edge = max(threshold, expected["scores"][-1].item() if len(expected["scores"]) == cap else threshold) + score
-    got, expected = ({k: v[d["scores"] > edge] for k, v in d.items()} for d in (got, expected))
-    if len(got["scores"]) != len(expected["scores"]):
-        return [f"{len(got['scores'])} detections above {edge:.4f}, expected {len(expected['scores'])}"]
-    box_gap = (got["boxes"][None, :, :] - expected["boxes"][:, None, :]).abs().amax(-1)  # expected x got
-    close = ((got["labels"][None, :] == expected["labels"][:, None]) & (box_gap <= box_px)
-             & ((got["scores"][None, :] - expected["scores"][:, None]).abs() <= score))
-    free, missing = torch.ones(len(got["scores"]), dtype=torch.bool), []
-    for i in range(len(expected["scores"])):
-        candidates = (close[i] & free).nonzero().flatten()
-        if len(candidates):
-            free[candidates[box_gap[i, candidates].argmin()]] = False
-        else:
-            box = [round(v, 1) for v in expected["boxes"][i].tolist()]
-            missing.append(f"{expected['labels'][i].item()} {expected['scores'][i].item():.4f} {box}")
-    return missing
-
-
-def with_calibrated_norms(model: torch.nn.Module, calibration: list[torch.Tensor]) -> torch.nn.Module:
-    """Seeded random weights with fresh batch norms shrink a backbone's activations to ~1e-8, so
-    every proposal scores alike and which of two tied ones survives is float noise. Set each norm's
-    statistics from calibration images instead, as training would: features then vary as a
-    trained model's do, scores differ, and an equality test compares the computation."""
-    norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # a plain average over the calibration images
-    model.backbone.train()
-    with torch.no_grad():
-        for image in calibration:
-            model.backbone(model.transform([image])[0].tensors)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def mobilenet():
-    torch.manual_seed(0)
-    arch = registry.architecture("fasterrcnn_mobilenet_v3_large_320_fpn")
-    calibration = [synthetic_image(3_000_000_000 + i, (640, 480)) for i in range(8)]
-    return with_calibrated_norms(arch.build(num_classes=len(arch.labels)), calibration)
+    return calibrated_architecture("fasterrcnn_mobilenet_v3_large_320_fpn")
 
 
 @pytest.fixture(scope="module")
