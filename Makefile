@@ -18,7 +18,7 @@ METRICS_PORT ?= 8082
 GRPC_INFERENCE_PORT ?= 7070
 GRPC_MANAGEMENT_PORT ?= 7071
 
-.PHONY: setup serve mar test test-unit train-embedded clean image image-test loadtest soak bench
+.PHONY: setup serve mar test test-unit train-embedded clean image image-test loadtest soak bench gpu-check
 
 setup: $(INSTALLED) $(CHECKOV)
 
@@ -88,3 +88,10 @@ soak: $(INSTALLED)
 BENCH_ARGS ?=
 bench: $(INSTALLED)
 	$(PY) scripts/bench.py $(BENCH_ARGS)
+
+# The GPU path checked and timed in-process, one report in OUT (default reports/gpu-check-<time>);
+# docs/gpu.md. On the lent GPU machine, which has torch but not our venv: GPU_PYTHON=python3.
+GPU_PYTHON ?= $(PY)
+OUT ?=
+gpu-check: $(if $(filter $(PY),$(GPU_PYTHON)),$(INSTALLED))
+	PYTHONPATH=handlers$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PYTHON) scripts/gpu_check.py $(if $(OUT),--out $(OUT)) $(GPU_CHECK_ARGS)
