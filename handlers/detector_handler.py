@@ -12,7 +12,9 @@ from http import HTTPStatus
 
 import torch
 
+from objdetect.drain import Drain
 from objdetect.pipeline import Detector, Request
+from objdetect.predict import choose_device
 from objdetect.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -21,6 +23,7 @@ log = logging.getLogger(__name__)
 class DetectorHandler:
     def __init__(self):
         self.detector = None
+        self.drain = Drain()
         self.initialized = False
 
     def initialize(self, context):
@@ -30,8 +33,7 @@ class DetectorHandler:
         workers = max(1, int(config.get("maxWorkers", 1)))
         threads = settings.torch_threads or max(1, len(os.sched_getaffinity(0)) // workers)
         torch.set_num_threads(threads)
-        gpu_id = properties.get("gpu_id")
-        device = torch.device(f"cuda:{gpu_id}" if torch.cuda.is_available() and gpu_id is not None else "cpu")
+        device = choose_device(properties.get("gpu_id"), settings.require_cuda)
         if device.type == "cuda":
             # Process-wide, and this worker process serves this model alone: cuDNN picks the fastest
             # kernel per input shape (the model pads its batches to multiples of 32, bounding the shapes).
@@ -54,7 +56,7 @@ class DetectorHandler:
                     {k.lower(): v for k, v in context.get_all_request_header(i).items() if isinstance(v, str)})
             for i, row in enumerate(data)
         ]
-        responses = self.detector(requests)
+        responses = self.drain.answer(requests, self.detector)
         for i, response in enumerate(responses):
             context.set_response_status(response.status, HTTPStatus(response.status).phrase, i)
             context.set_response_content_type(i, response.content_type)

@@ -13,8 +13,7 @@ resource "aws_lb" "this" {
   drop_invalid_header_fields = true
   desync_mitigation_mode     = "defensive"
   enable_deletion_protection = var.deletion_protection
-  # TorchServe answers or times out within 60 s (default_response_timeout in config.properties).
-  idle_timeout = 75
+  idle_timeout               = local.longest_request_s
 
   dynamic "access_logs" {
     for_each = var.alb_access_logs_bucket == "" ? [] : [var.alb_access_logs_bucket]
@@ -40,8 +39,9 @@ resource "aws_lb_target_group" "this" {
   protocol    = "HTTP"
   target_type = "ip" # awsvpc: each task has its own address
   vpc_id      = data.aws_vpc.this.id
-  # In-flight predictions take well under a second; 30 s drains the queue before the task stops.
-  deregistration_delay = 30
+  # Long enough for any request in flight to finish before ECS sends SIGTERM; the load balancer
+  # ends it sooner when none is (predictions take well under a second). main.tf: the stop sequence.
+  deregistration_delay = local.longest_request_s
 
   health_check {
     # TorchServe's /ping: open by design (no token, no API key), answers nothing but health.

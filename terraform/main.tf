@@ -16,4 +16,15 @@ locals {
   container_name = "objdetect"
 
   https = var.certificate_arn != ""
+
+  # Stopping a task (deploy, scale-in, instance drain; README "Reliability"), in order: ECS
+  # deregisters it from the target group, and the load balancer sends it nothing new while letting
+  # requests in flight finish, for at most the deregistration delay; then ECS sends SIGTERM. The
+  # entrypoint drains (answers what it holds, 503s what still comes) for at most drain_timeout_s,
+  # stops TorchServe in about 3 s, and exits; ECS sends SIGKILL at stopTimeout.
+  # A request is in flight through the load balancer for at most its idle timeout: TorchServe
+  # answers or times out within 60 s (default_response_timeout in config.properties).
+  longest_request_s = 75
+  drain_timeout_s   = var.drain_timeout_seconds
+  stop_timeout_s    = local.drain_timeout_s + 15
 }

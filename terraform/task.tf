@@ -2,6 +2,13 @@
 # its own network interface and security group.
 
 locals {
+  # A GPU task that finds no usable GPU fails its health check and is replaced (require_cuda), and
+  # the entrypoint's drain fits stopTimeout; var.environment adds settings (and may override these).
+  environment = merge({
+    OBJDETECT_REQUIRE_CUDA    = "true"
+    OBJDETECT_DRAIN_TIMEOUT_S = tostring(local.drain_timeout_s)
+  }, var.environment)
+
   # Root file system: read-only unless ECS Exec is on. AWS does not support ECS Exec with a
   # read-only root (its SSM agent writes under /var/lib/amazon and /var/log/amazon). With Exec on,
   # the process still cannot change the image's files: it runs as uid 10001 and everything outside
@@ -21,7 +28,7 @@ locals {
     # Only the inference port. Management (8081) and metrics (8082) stay on the container's loopback.
     portMappings = [{ containerPort = local.inference_port, hostPort = local.inference_port, protocol = "tcp" }]
 
-    environment = [for key in sort(keys(var.environment)) : { name = key, value = var.environment[key] }]
+    environment = [for key, value in local.environment : { name = key, value = value }]
     secrets     = [{ name = "OBJDETECT_API_KEYS", valueFrom = aws_secretsmanager_secret.api_keys.arn }]
 
     readonlyRootFilesystem = local.readonly_root
@@ -54,8 +61,8 @@ locals {
       startPeriod = min(var.health_check_grace_period_seconds, 300) # ECS allows at most 300
     }
 
-    # SIGTERM, then SIGKILL after this many seconds; the entrypoint needs about 3.
-    stopTimeout = 30
+    # SIGTERM, then SIGKILL after this many seconds: the drain and TorchServe's stop fit (main.tf).
+    stopTimeout = local.stop_timeout_s
 
     ulimits = [{ name = "nofile", softLimit = 65536, hardLimit = 65536 }]
 

@@ -321,3 +321,15 @@ variable "ecr_force_delete" {
   type        = bool
   default     = false
 }
+
+variable "drain_timeout_seconds" {
+  description = "After SIGTERM, how long the entrypoint waits at most for busy workers to answer what they hold (README \"Reliability\"); the task's stopTimeout is this plus 15 s."
+  type        = number
+  default     = 30
+
+  validation {
+    # ECS allows a stopTimeout of at most 120 s.
+    condition     = var.drain_timeout_seconds >= 5 && var.drain_timeout_seconds <= 105
+    error_message = "drain_timeout_seconds must be within 5..105 (stopTimeout = drain + 15 s, at most 120 s)."
+  }
+}

@@ -308,7 +308,7 @@ def test_container_runs_as_non_root_with_init_health_check_and_logs():
     assert definition["privileged"] is False
     assert definition["healthCheck"]["command"] == ["CMD", "python", "/opt/objdetect/scripts/server.py", "--check", "${var.model_name}"]
     assert definition["healthCheck"]["startPeriod"] == "${min(var.health_check_grace_period_seconds, 300)}"
-    assert 3 < definition["stopTimeout"] <= 120
+    assert definition["stopTimeout"] == "${local.stop_timeout_s}"
     assert [m["containerPort"] for m in definition["portMappings"]] == ["${local.inference_port}"]
     assert config()["locals"]["inference_port"] == 8080
     logs = definition["logConfiguration"]
@@ -332,7 +332,33 @@ def test_target_group_checks_ping_and_targets_task_addresses():
     assert check["path"] == "/ping" and check["matcher"] == "200"
     assert group["target_type"] == "ip"
     assert group["port"] == "${local.inference_port}"
-    assert 5 <= group["deregistration_delay"] <= 120
+
+
+@pytest.mark.unit
+def test_a_stopping_task_is_drained_by_the_load_balancer_then_by_its_entrypoint_before_sigkill():
+    """The stop sequence of main.tf: deregistration lets any request through the load balancer
+    finish; the entrypoint's drain (OBJDETECT_DRAIN_TIMEOUT_S) and TorchServe's stop fit stopTimeout."""
+    local = config()["locals"]
+    response_timeout = int(re.search(r"^default_response_timeout=(\d+)", (ROOT / "config.properties").read_text(),
+                                     re.M).group(1))
+    assert local["longest_request_s"] > response_timeout  # TorchServe answers or gives up first
+    assert resources("aws_lb")["this"]["idle_timeout"] == "${local.longest_request_s}"
+    assert resources("aws_lb_target_group")["this"]["deregistration_delay"] == "${local.longest_request_s}"
+    assert local["drain_timeout_s"] == "${var.drain_timeout_seconds}"
+    assert local["stop_timeout_s"] == "${local.drain_timeout_s + 15}"  # TorchServe stops in about 3 s
+    assert container()["stopTimeout"] == "${local.stop_timeout_s}"
+    validation = one(config()["variable"]["drain_timeout_seconds"]["validation"])["condition"]
+    assert "var.drain_timeout_seconds <= 105" in validation  # 105 + 15 = ECS's largest stopTimeout, 120 s
+
+
+@pytest.mark.unit
+def test_the_container_requires_its_gpu_and_drains_within_stop_timeout_and_takes_extra_settings():
+    """require_cuda on (a task whose GPU does not work fails its health check and is replaced),
+    the drain bound the task definition leaves room for; var.environment adds or overrides."""
+    assert config()["locals"]["environment"] == ('${merge({OBJDETECT_REQUIRE_CUDA = "true", '
+                                                 'OBJDETECT_DRAIN_TIMEOUT_S = tostring(local.drain_timeout_s)}, '
+                                                 'var.environment)}')
+    assert container()["environment"] == "${[for key, value in local.environment : {name = key, value = value}]}"
 
 
 @pytest.mark.unit

@@ -28,6 +28,7 @@ from .errors import RequestError
 from .fetch import FetchPolicy, fetch_image
 from .fold import fold_batch_norms
 from .inputs import ImageRequest, OptionLimits, parse_request
+from .messages import Request, Response
 from .model_spec import ModelSpec
 from .postprocess import postprocess
 from .predict import predict
@@ -36,23 +37,6 @@ from .settings import Settings
 from .transform import check_shape, shrink_to_model, to_model_input
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Request:
-    fields: Mapping[str, bytes]  # the named inputs: "body", or a form's fields
-    headers: Mapping[str, str] = field(default_factory=dict)  # names lower-cased
-
-
-@dataclass(frozen=True)
-class Response:
-    status: int
-    body: bytes
-    content_type: str = "application/json"
-
-    @classmethod
-    def error(cls, error: RequestError) -> "Response":
-        return cls(error.status, json.dumps(error.to_dict()).encode("utf-8"))
 
 
 @dataclass(frozen=True)

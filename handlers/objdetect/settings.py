@@ -64,6 +64,10 @@ class Settings:
     # the fastest measured (README "Performance"); without OpenVINO installed, torch.
     runtime: str = "openvino"
     cpu_precision: str = "bf16"
+    # A worker refuses to start without a usable GPU (on in the ECS task definition): a GPU
+    # instance whose driver or device is broken fails its health check and is replaced, rather
+    # than serving from its CPU at a tenth of the speed.
+    require_cuda: bool = False
 
     @classmethod
     def load(cls, handler_config: Mapping[str, Any] | None = None, environ: Mapping[str, str] = os.environ) -> "Settings":

@@ -18,6 +18,7 @@ from objdetect import registry, synthetic
 
 from .archive import build_mar
 from .paths import MODEL_STORE, ROOT
+from .drain import DrainPolicy
 from .torchserve import Ports, TorchServe, run_until_signal
 
 
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels", type=Path, help="labels file for a fine-tuned checkpoint")
     parser.add_argument("--name", default="detector")
     Ports.add_arguments(parser)
+    DrainPolicy.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.weights and not args.model:
         parser.error("--weights needs --model (the architecture the checkpoint was trained with)")
@@ -69,6 +71,6 @@ def main(argv: list[str] | None = None) -> int:
               f"  curl -T {example} {server.url()}/predictions/{args.name}\n"
               f"  curl -H 'Content-Type: application/json' -d '{{\"url\": \"https://...\", \"threshold\": 0.3}}' "
               f"{server.url()}/predictions/{args.name}\n"
-              f"serve: Ctrl-C stops it.", flush=True)
+              f"serve: Ctrl-C stops it at once; SIGTERM drains it first.", flush=True)
 
-    return run_until_signal(server, "serve", show_example)
+    return run_until_signal(server, "serve", show_example, DrainPolicy.from_arguments(args))

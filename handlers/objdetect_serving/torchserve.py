@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -24,6 +25,9 @@ from typing import Callable
 
 import psutil
 
+from objdetect.drain import TOKEN_ENV
+
+from .drain import DrainPolicy, drain, marker
 from .management import Management
 from .paths import CONFIG_PROPERTIES, MODEL_STORE
 
@@ -74,6 +78,7 @@ class TorchServe:
         self.console = console
         self.workdir: Path | None = None
         self.process: subprocess.Popen | None = None
+        self.drain_token = secrets.token_urlsafe(24)  # what makes a request a stop request (objdetect/drain.py)
 
     def url(self, api: str = "inference") -> str:
         return f"http://127.0.0.1:{getattr(self.ports, api)}"
@@ -94,6 +99,7 @@ class TorchServe:
             "LOG_LOCATION": str(self.log_dir),
             "METRICS_LOCATION": str(self.log_dir),
             **self.env,
+            TOKEN_ENV: self.drain_token,
         }
         command = [str(TORCHSERVE), "--start", "--foreground", "--ncs", "--ts-config", str(config),
                    "--model-store", str(self.model_store),
@@ -140,6 +146,12 @@ class TorchServe:
         self.process.wait()
         self.process = None
 
+    def drain(self, policy: DrainPolicy, log=print) -> None:
+        """Fails the health check, answers every request accepted so far, refuses later ones with a
+        JSON 503 until `policy.grace_s` after the call (objdetect_serving/drain.py); then stop()."""
+        marker(self.ports.management).touch()
+        drain(self.url(), self.url("management"), self.drain_token, policy, log)
+
     def cleanup(self) -> None:
         """Removes the temp dir (logs included); call after stop when the logs are no longer needed."""
         if self.workdir is not None:
@@ -174,15 +186,18 @@ class TorchServe:
         self.cleanup()
 
 
-def run_until_signal(server: TorchServe, name: str, on_ready: Callable[[], None] = lambda: None) -> int:
-    """Starts `server`, calls `on_ready`, and serves until SIGINT or SIGTERM; then stops the whole
-    process group. Returns an exit status: 0 when stopped by a signal."""
+def run_until_signal(server: TorchServe, name: str, on_ready: Callable[[], None] = lambda: None,
+                     drain_policy: DrainPolicy = DrainPolicy()) -> int:
+    """Starts `server`, calls `on_ready`, and serves until SIGTERM (drained first: TorchServe.drain)
+    or SIGINT (a person's Ctrl-C: stopped at once); then stops the whole process group. Returns an
+    exit status: 0 when stopped by a signal."""
     received = {}
 
     def on_signal(signum, _frame):
         received["signal"] = signum
         raise KeyboardInterrupt
 
+    marker(server.ports.management).unlink(missing_ok=True)  # a previous server's, killed mid-drain
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
@@ -195,7 +210,16 @@ def run_until_signal(server: TorchServe, name: str, on_ready: Callable[[], None]
               file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"{name}: {signal.Signals(received.get('signal', signal.SIGINT)).name}: stopping TorchServe", flush=True)
+        signum = received.get("signal", signal.SIGINT)
+        if signum == signal.SIGTERM and server.process is not None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM changes nothing; Ctrl-C cuts it short
+            print(f"{name}: SIGTERM: draining (grace {drain_policy.grace_s:g} s, at most {drain_policy.timeout_s:g} s)",
+                  flush=True)
+            try:
+                server.drain(drain_policy, lambda line: print(f"{name}: {line}", flush=True))
+            except KeyboardInterrupt:
+                print(f"{name}: SIGINT: drain cut short", flush=True)
+        print(f"{name}: {signal.Signals(signum).name}: stopping TorchServe", flush=True)
         return 0
     except ServerError as error:
         print(f"{name}: {error}", file=sys.stderr)
@@ -205,6 +229,7 @@ def run_until_signal(server: TorchServe, name: str, on_ready: Callable[[], None]
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         server.stop()
         server.cleanup()
+        marker(server.ports.management).unlink(missing_ok=True)
         print(f"{name}: stopped; no TorchServe process is left", flush=True)
 
 
@@ -232,10 +257,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-store", type=Path, default=MODEL_STORE)
     parser.add_argument("--models", nargs="+", default=["detector=detector-v1.0.mar"], metavar="NAME=ARCHIVE")
     Ports.add_arguments(parser)
-    parser.add_argument("--check", metavar="NAME", help="exit 0 when model NAME has a READY worker, else 1")
+    DrainPolicy.add_arguments(parser)
+    parser.add_argument("--check", metavar="NAME",
+                        help="exit 0 when model NAME has a READY worker and the server is not draining, else 1")
     args = parser.parse_args(argv)
     if args.check:
+        if marker(args.management_port).exists():
+            print("draining: shutting down after SIGTERM")
+            return 1
         return 0 if Management(f"http://127.0.0.1:{args.management_port}", timeout_s=3).ready(args.check) else 1
     models = dict(pair.split("=", 1) for pair in args.models)
     server = TorchServe(args.model_store, models, Ports.from_arguments(args), console=True)
-    return run_until_signal(server, "objdetect", lambda: print(f"objdetect: {', '.join(models)} READY", flush=True))
+    return run_until_signal(server, "objdetect", lambda: print(f"objdetect: {', '.join(models)} READY", flush=True),
+                            DrainPolicy.from_arguments(args))

@@ -2,7 +2,7 @@
 
 Checks: healthy (a READY worker) within a minute; a prediction finds the shapes of a known image;
 the process runs as a non-root user; no compiler, pip, pip cache or C headers are inside; SIGTERM
-stops it promptly. Prints the image sizes and the cold start: from `run` to the first successful
+drains and stops it promptly. Prints the image sizes and the cold start: from `run` to the first successful
 prediction. Uses the engine `make image` builds with (objdetect_tools.containers).
 """
 
@@ -98,7 +98,9 @@ def main() -> int:
         stop_s = time.monotonic() - stopping
         logs = run(tool, "logs", NAME, check=False).stdout
         run(tool, "rm", "-f", NAME, check=False)
-    check(stop_s < 25 and "no TorchServe process is left" in logs, f"SIGTERM stopped it cleanly in {stop_s:.1f} s")
+    drained = "drain: workers of 1 model versions stopped taking requests" in logs
+    check(stop_s < 25 and drained and "no TorchServe process is left" in logs,
+          f"SIGTERM drained and stopped it cleanly in {stop_s:.1f} s")
     print(sizes)
     print(f"cold start (container start to first successful prediction): {cold_start:.1f} s" if cold_start else "")
     return 1 if failures else 0
