@@ -1,17 +1,19 @@
 """Transform and the speed path: what the model would shrink is shrunk early, and nothing moves."""
 
+import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from objdetect import synthetic
 from objdetect.decode import DecodedImage
-from objdetect.errors import RequestError
 from objdetect.model_spec import ModelSpec
 from objdetect.pipeline import Detector, Request
-from objdetect.transform import check_shape, shrink_to_model, to_model_input
+from objdetect.transform import is_sliver, pad_to_aspect, shrink_to_model, to_model_input
+from objdetect_tools.equivalence import calibrated_architecture
 
 pytestmark = pytest.mark.unit
 
@@ -29,11 +31,45 @@ def test_shrink_to_model_shrinks_only_what_the_model_shrinks():
     assert shrink_to_model(small, spec) is small
 
 
-def test_slivers_are_refused_and_long_images_up_to_the_limit_are_not():
-    check_shape(blank(2000, 100))
-    with pytest.raises(RequestError) as caught:
-        check_shape(blank(2000, 99))
-    assert caught.value.code == "bad_image_shape" and "2000x99" in caught.value.message
+def test_slivers_are_padded_with_the_models_mean_colour_to_the_largest_aspect_ratio():
+    spec = ModelSpec(min_size=320, max_size=640, max_detections=100)
+    assert is_sliver(blank(2000, 99)) and is_sliver(blank(4, 81)) and not is_sliver(blank(2000, 100))
+    wide = torch.rand(3, 10, 2000)
+    padded = pad_to_aspect(wide, spec)
+    assert padded.shape == (3, 100, 2000) and torch.equal(padded[:, :10], wide)  # below: the origin stays
+    assert torch.allclose(padded[:, 10:], torch.tensor(spec.image_mean)[:, None, None].expand(3, 90, 2000))
+    tall = torch.rand(3, 3000, 7)
+    assert pad_to_aspect(tall, spec).shape == (3, 3000, 150) and torch.equal(pad_to_aspect(tall, spec)[..., :7], tall)
+    fits = torch.rand(3, 100, 2000)
+    assert pad_to_aspect(fits, spec) is fits
+
+
+@pytest.fixture(scope="module")
+def mobilenet_320():
+    """A small COCO architecture (random weights, calibrated to give detections): the slivers'
+    padding must suit torchvision's own models, not only ours."""
+    return calibrated_architecture("fasterrcnn_mobilenet_v3_large_320_fpn")
+
+
+@pytest.mark.parametrize("width, height", [(8000, 20), (20, 8000), (5000, 1), (1, 300), (3000, 2)])
+@pytest.mark.parametrize("model", ["embedded", "mobilenet_320"])
+@pytest.mark.parametrize("path", ["fast", "exact"])
+def test_a_sliver_is_answered_with_its_boxes_inside_it(request, shapes_model, shapes_labels, default_settings,
+                                                       exact_settings, width, height, model, path):
+    """A panorama strip, a one-pixel line: answered 200 in the original's pixels, never refused."""
+    net, labels = (shapes_model, shapes_labels) if model == "embedded" else \
+        (request.getfixturevalue("mobilenet_320"), [f"class {i}" for i in range(91)])
+    settings = {"fast": default_settings, "exact": exact_settings}[path]
+    detector = Detector(net, labels, dataclasses.replace(settings, runtime="torch", default_threshold=0.0))
+    rng = np.random.default_rng(width * height)
+    strip = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    response = detector([Request({"body": synthetic.encode(strip, "PNG")})])[0]
+    assert response.status == 200, response.body
+    body = json.loads(response.body)
+    assert (body["width"], body["height"]) == (width, height)
+    for found in body["detections"]:
+        x1, y1, x2, y2 = found["box"]
+        assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height, found
 
 
 def test_to_model_input_scales_to_unit_floats():

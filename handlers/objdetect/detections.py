@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torchvision.ops import boxes as box_ops
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,12 @@ class Detections:
         """Boxes multiplied by (sx, sy): maps them between a resized image and the original."""
         factors = torch.tensor([sx, sy, sx, sy], dtype=self.boxes.dtype)
         return Detections(self.boxes * factors, self.scores, self.class_ids, self.labels)
+
+    def clipped(self, width: int, height: int) -> "Detections":
+        """Boxes clipped to a width x height image; those left without area are dropped."""
+        boxes = box_ops.clip_boxes_to_image(self.boxes, (height, width))
+        inside = Detections(boxes, self.scores, self.class_ids, self.labels)
+        return inside.select(box_ops.box_area(boxes) > 0)
 
     def to_json(self) -> list[dict]:
         """Rounded to what a client can use: scores to 1e-4, boxes to 1/100 px."""

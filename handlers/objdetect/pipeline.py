@@ -34,7 +34,7 @@ from .postprocess import postprocess
 from .predict import predict
 from .render import render_jpeg
 from .settings import Settings
-from .transform import check_shape, shrink_to_model, to_model_input
+from .transform import is_sliver, pad_to_aspect, shrink_to_model, to_model_input
 
 log = logging.getLogger(__name__)
 
@@ -152,12 +152,12 @@ class Detector:
         if outcome.error:
             return outcome
         clock = time.perf_counter()
-        try:
-            check_shape(outcome.image)
-        except RequestError as error:
-            return replace(outcome, error=error)
-        image = shrink_to_model(outcome.image, self.spec) if self.settings.pre_resize else outcome.image
-        model_input = to_model_input(image.pixels, self.device)
+        image = outcome.image
+        # A sliver is shrunk even on the exact path (the model would shrink it anyway), so that
+        # its padding is small: at most max_size x max_size/20 pixels.
+        if self.settings.pre_resize or is_sliver(image):
+            image = shrink_to_model(image, self.spec)
+        model_input = pad_to_aspect(to_model_input(image.pixels, self.device), self.spec)
         return outcome.timed("transform", _ms_since(clock), image=image, model_input=model_input)
 
     def _predict(self, outcomes: list[Outcome]) -> list[Outcome]:

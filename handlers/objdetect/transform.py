@@ -4,30 +4,41 @@ Normalisation and the final resize are the model's own (GeneralizedRCNNTransform
 exact path served results equal `model(images)`. The fast path shrinks what the model would
 shrink anyway while the pixels are still uint8 (antialiased, a quarter of the bytes of float),
 so no full-resolution float copy of a phone photo is ever made; boxes map back to original
-pixels through DecodedImage.scale.
+pixels through DecodedImage.scale. An image too long and thin for the model is padded, not refused.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import torch
 from torchvision.transforms.v2 import functional as F
 
 from .decode import DecodedImage
-from .errors import RequestError
 from .model_spec import ModelSpec
 
-# The detectors resize the shorter side up and the longer side down; a sliver of an image would
-# resize to zero pixels and fail the whole batch, so such shapes are refused up front.
+# The detectors resize the shorter side up and the longer side down: past this ratio the shorter
+# would shrink to a few pixels, too few for the feature maps (and zero would fail the whole batch).
 MAX_ASPECT_RATIO = 20
 
 
-def check_shape(image: DecodedImage) -> None:
-    """Refuses an image whose sides differ by more than MAX_ASPECT_RATIO."""
-    if max(image.width, image.height) > MAX_ASPECT_RATIO * min(image.width, image.height):
-        raise RequestError("bad_image_shape", f"the image is {image.width}x{image.height}; "
-                           f"sides may differ by at most {MAX_ASPECT_RATIO}x")
+def is_sliver(image: DecodedImage) -> bool:
+    """Whether the image's sides differ by more than MAX_ASPECT_RATIO (it is padded to serve it)."""
+    return max(image.width, image.height) > MAX_ASPECT_RATIO * min(image.width, image.height)
+
+
+def pad_to_aspect(model_input: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
+    """(3, h, w) float, padded on the right or at the bottom until its sides differ by at most
+    MAX_ASPECT_RATIO; unchanged when they do. The fill is the model's mean colour, which it
+    normalises to zero, as torchvision pads its own batches. Boxes need no change (the origin
+    stays); postprocessing clips them to the image."""
+    height, width = model_input.shape[1:]
+    shorter = math.ceil(max(height, width) / MAX_ASPECT_RATIO)
+    pad_right, pad_bottom = max(0, shorter - width), max(0, shorter - height)
+    if not pad_right and not pad_bottom:
+        return model_input
+    return F.pad(model_input, [0, 0, pad_right, pad_bottom], fill=list(spec.image_mean))
 
 
 def shrink_to_model(image: DecodedImage, spec: ModelSpec) -> DecodedImage:
