@@ -18,7 +18,7 @@ METRICS_PORT ?= 8082
 GRPC_INFERENCE_PORT ?= 7070
 GRPC_MANAGEMENT_PORT ?= 7071
 
-.PHONY: setup serve mar test test-unit train-embedded clean image image-test loadtest soak bench gpu-check
+.PHONY: setup serve mar test test-unit train-embedded clean image image-test loadtest soak bench gpu-check fuzz
 
 setup: $(INSTALLED) $(CHECKOV)
 
@@ -82,6 +82,12 @@ loadtest: $(INSTALLED) $(CHECKOV)
 
 soak: $(INSTALLED)
 	$(PY) scripts/loadtest.py $(if $(HOST),--host $(HOST)) --users $(USERS) --spawn-rate $(SPAWN_RATE) --duration $(DURATION) --soak --rate $(RATE)
+
+# Coverage-guided fuzzing (atheris) of the whole request path for SECONDS; the corpus is kept in
+# reports/fuzz/corpus, a crash's input lands in reports/fuzz/crash-* (make it a regression test).
+SECONDS ?= 600
+fuzz: $(INSTALLED)
+	$(PY) scripts/fuzz.py --seconds $(SECONDS)
 
 # Side by side on this machine: direct (no server), TorchServe's stock object_detector, ours.
 # Writes reports/bench.json and docs/benchmarks.md (about 27 minutes; BENCH_ARGS=--quick for a smoke run).

@@ -59,7 +59,7 @@ def fetch_image(url: str, policy: FetchPolicy, resolver: Resolver = system_resol
     with requests.Session() as session:
         session.trust_env = False  # no proxies or .netrc from the environment: we connect where we checked
         for _ in range(policy.max_redirects + 1):
-            target = _checked_target(url, policy, resolver)
+            target = checked_target(url, policy, resolver)
             session.mount(f"{target.scheme}://", _PinnedHostAdapter(target.hostname))
             try:
                 response = session.get(
@@ -82,14 +82,14 @@ def fetch_image(url: str, policy: FetchPolicy, resolver: Resolver = system_resol
     raise RequestError("url_refused", f"more than {policy.max_redirects} redirects, the last to {url}")
 
 
-class _Target(NamedTuple):
+class Target(NamedTuple):
     scheme: str
     hostname: str  # for TLS: SNI and the certificate check
     netloc: str  # for the Host header
     pinned_url: str  # the URL with the checked address in place of the host name
 
 
-def _checked_target(url: str, policy: FetchPolicy, resolver: Resolver) -> _Target:
+def checked_target(url: str, policy: FetchPolicy, resolver: Resolver) -> Target:
     try:
         parts = urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -116,7 +116,7 @@ def _checked_target(url: str, policy: FetchPolicy, resolver: Resolver) -> _Targe
     address = ipaddress.ip_address(addresses[0].split("%")[0])
     literal = f"[{address}]" if address.version == 6 else str(address)
     pinned = urlunsplit((parts.scheme, f"{literal}:{port}", parts.path or "/", parts.query, ""))
-    return _Target(parts.scheme, host, parts.netloc.rpartition("@")[2], pinned)
+    return Target(parts.scheme, host, parts.netloc.rpartition("@")[2], pinned)
 
 
 def address_problem(address: IPAddress, trusted: Iterable[IPNetwork] = ()) -> str | None:
