@@ -25,6 +25,7 @@ import contextlib
 import copy
 import dataclasses
 import io
+import itertools
 import json
 import platform
 import statistics
@@ -32,7 +33,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
@@ -116,12 +117,7 @@ def random_model(name: str) -> tuple[torch.nn.Module, list[str]]:
 
 
 def jpeg_photos(count: int, first_seed: int = SEED) -> list[tuple[tuple[int, int], bytes]]:
-    return [(size, photo(*size, first_seed + i).data) for i, size in zip(range(count), _cycle(SIZES))]
-
-
-def _cycle(items: list) -> Iterator:
-    while True:
-        yield from items
+    return [(size, photo(*size, first_seed + i).data) for i, size in zip(range(count), itertools.cycle(SIZES))]
 
 
 @contextlib.contextmanager
@@ -269,7 +265,7 @@ def _time_model(name: str, device: torch.device, photos: list[bytes], batches: l
     model, labels = random_model(name)
     eager = copy.deepcopy(model).to(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    feed = _cycle(photos)
+    feed = itertools.cycle(photos)
 
     def plain():
         image = torch.from_numpy(np.array(Image.open(io.BytesIO(next(feed))).convert("RGB")))
