@@ -18,6 +18,7 @@ import hashlib
 import ipaddress
 import json
 import sys
+import warnings
 from pathlib import Path
 
 FORMS = ("raw", "json", "b64", "form", "url")
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         if problem:
             raise AssertionError(problem)
 
+    warnings.simplefilter("ignore")  # Pillow warns about every corrupt file it reads: here, each input
     print(f"fuzz: {args.seconds} s; corpus {corpus}; crash inputs go to {args.out}/crash-*", flush=True)
     atheris.Setup([sys.argv[0], f"-max_total_time={args.seconds}", f"-artifact_prefix={args.out}/",
                    "-rss_limit_mb=4096", "-timeout=30", str(corpus)], one_input)
