@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import subprocess
 import sys
 
@@ -27,8 +28,11 @@ from objdetect_tools import fuzz
 LIMITS = OptionLimits(labels=("circle", "square", "triangle"), max_detections=100, default_threshold=0.5)
 POLICY = Settings().fetch_policy()
 SEEDS = fuzz.seeds()
-# Every test shares the budget: enough to find the shallow bugs each run, small enough for CI.
-budget = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Every test shares the budget: enough to find the shallow bugs each run, small enough for CI,
+# where the examples are fixed (derandomize) so a landing never hangs on a lucky draw; make fuzz
+# and local runs explore anew each time.
+budget = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+                  derandomize=bool(os.environ.get("CI")))
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
@@ -42,11 +46,11 @@ def mutated(draw, pool: tuple[bytes, ...] = tuple(sorted(SEEDS.values()))) -> by
     """A valid input from `pool` with bytes flipped, inserted or cut: deep into the parsers, unlike noise."""
     data = bytearray(draw(st.sampled_from(pool)))
     for _ in range(draw(st.integers(0, 8))):
-        at = draw(st.integers(0, len(data) - 1))
+        at = draw(st.integers(0, len(data)))
         action = draw(st.sampled_from(["flip", "insert", "delete"]))
-        if action == "flip":
+        if action == "flip" and at < len(data):
             data[at] = draw(st.integers(0, 255))
-        elif action == "insert":
+        elif action in ("insert", "flip"):
             data[at:at] = draw(st.binary(min_size=1, max_size=16))
         else:
             del data[at:at + draw(st.integers(1, 64))]
@@ -160,7 +164,7 @@ def detector():
 
 
 @pytest.mark.unit
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(budget, max_examples=120)
 @given(data=mutated() | st.binary(max_size=300))
 def test_the_whole_request_path_answers_200_or_our_json_4xx(detector, data):
     """The harness's own mapping (fuzz.request_from) through the embedded model's Detector."""
