@@ -10,6 +10,7 @@ import torch
 from objdetect.drain import HEADER, TOKEN_ENV, Drain
 from objdetect.messages import Request, Response
 from objdetect.predict import choose_device
+from objdetect_serving import drain as server_drain
 
 pytestmark = pytest.mark.unit
 
@@ -38,6 +39,10 @@ def test_without_the_servers_token_a_request_is_only_a_request(environ, sent):
     drain = Drain(environ)
     assert [r.body for r in drain.answer([stop(sent)], served)] == [b"served"]
     assert not drain.stopped
+
+
+def test_the_server_and_the_workers_speak_the_same_protocol():
+    assert (server_drain.TOKEN_ENV, server_drain.HEADER) == (TOKEN_ENV, HEADER)
 
 
 def test_require_cuda_refuses_a_machine_without_a_usable_gpu(monkeypatch):

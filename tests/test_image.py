@@ -40,6 +40,29 @@ def test_both_flavors_and_the_base_come_from_build_arguments():
     assert 'if [ "$WITH_TRITON" != true ]; then /opt/venv/bin/pip uninstall -y -q triton' in DOCKERFILE
 
 
+# The image copies objdetect_serving alone beside its entry points; the objdetect package travels
+# inside each model archive, where only TorchServe's workers import it.
+ONLY_WHAT_THE_IMAGE_COPIES = """
+import importlib.abc, runpy, sys
+class Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("objdetect", "objdetect_tools"):
+            raise ModuleNotFoundError(f"No module named {name!r} (not in the image)")
+sys.meta_path.insert(0, Refuse())
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("script", ["server.py", "models.py"])
+def test_the_images_entry_points_run_without_the_archives_package(script):
+    result = subprocess.run([sys.executable, "-c", ONLY_WHAT_THE_IMAGE_COPIES, str(ROOT / "scripts" / script), "--help"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("usage:")
+
+
 @pytest.mark.image
 @pytest.mark.integration
 @pytest.mark.slow

@@ -24,10 +24,14 @@ from pathlib import Path
 
 import requests
 
-from objdetect.drain import HEADER
-
 from .management import Management, ManagementError
 
+# The protocol with the workers' side (objdetect/drain.py), spelled out in both: each model archive
+# carries its own objdetect package, which the server must not import (the image has only this one
+# on its path), and an archive built today must drain under a later server. tests/test_drain.py
+# holds the two equal.
+TOKEN_ENV = "OBJDETECT_DRAIN_TOKEN"
+HEADER = "x-objdetect-drain"
 PAUSE_S = 0.05  # between rounds of stop requests: a busy worker's answer is awaited, not polled hot
 
 

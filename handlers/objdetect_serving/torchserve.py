@@ -25,9 +25,7 @@ from typing import Callable
 
 import psutil
 
-from objdetect.drain import TOKEN_ENV
-
-from .drain import DrainPolicy, drain, marker
+from .drain import TOKEN_ENV, DrainPolicy, drain, marker
 from .management import Management
 from .paths import CONFIG_PROPERTIES, MODEL_STORE
 

@@ -83,7 +83,7 @@ def main() -> int:
                 run(tool, "inspect", "--format", "{{.State.Health.Status}}", NAME).stdout.strip() == "healthy"
             time.sleep(0.5)
         check(healthy, "the container's HEALTHCHECK passes")
-        uid = run(tool, "exec", NAME, "id", "-u").stdout.strip()
+        uid = run(tool, "exec", NAME, "id", "-u", check=False).stdout.strip()
         check(uid not in ("", "0"), f"runs as uid {uid}, not root")
         found = run(tool, "exec", NAME, "sh", "-c",
                     "for c in gcc cc g++ c++ clang javac pip pip3; do command -v $c; done; "
@@ -96,11 +96,14 @@ def main() -> int:
         stopping = time.monotonic()
         run(tool, "stop", "-t", "30", NAME, check=False)
         stop_s = time.monotonic() - stopping
-        logs = run(tool, "logs", NAME, check=False).stdout
+        written = run(tool, "logs", NAME, check=False)
+        logs = written.stdout + written.stderr
         run(tool, "rm", "-f", NAME, check=False)
     drained = "drain: workers of 1 model versions stopped taking requests" in logs
     check(stop_s < 25 and drained and "no TorchServe process is left" in logs,
           f"SIGTERM drained and stopped it cleanly in {stop_s:.1f} s")
+    if failures:  # what the server said, e.g. why it exited
+        print("container log (last 40 lines):", *logs.splitlines()[-40:], sep="\n  ")
     print(sizes)
     print(f"cold start (container start to first successful prediction): {cold_start:.1f} s" if cold_start else "")
     return 1 if failures else 0
