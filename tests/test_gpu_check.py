@@ -87,7 +87,7 @@ def test_the_loader_trace_sees_what_import_torch_loads():
 
 
 @pytest.mark.unit
-def test_unmatched_names_a_moved_box_and_a_missing_detection_but_not_a_reordered_tie():
+def test_unmatched_names_moved_missing_and_extra_detections_but_not_a_reordered_tie_or_a_split_pair():
     class Heads:
         detections_per_img, score_thresh = 100, 0.05
 
@@ -97,6 +97,12 @@ def test_unmatched_names_a_moved_box_and_a_missing_detection_but_not_a_reordered
     reordered = {k: v.flip(0) for k, v in expected.items()}
     assert unmatched(reordered, expected, model) == []
     moved = {**expected, "boxes": expected["boxes"] + torch.tensor([[0.0, 0, 0, 0], [1, 0, 0, 0]])}
-    assert unmatched(moved, expected, model) == ["2 0.9000 [20.0, 20.0, 40.0, 40.0]"]
+    assert unmatched(moved, expected, model) == ["2 0.9000 [20.0, 20.0, 40.0, 40.0]",
+                                                 "unexpected 2 0.9000 [21.0, 20.0, 40.0, 40.0]"]
     fewer = {k: v[:1] for k, v in expected.items()}
-    assert unmatched(fewer, expected, model)[0].startswith("1 detections above")
+    assert unmatched(fewer, expected, model) == ["2 0.9000 [20.0, 20.0, 40.0, 40.0]"]
+    assert unmatched(expected, fewer, model) == ["unexpected 2 0.9000 [20.0, 20.0, 40.0, 40.0]"]
+    # Scores of one pair on either side of 0.05 + 1e-3, where the comparison starts: still a pair.
+    split = {k: v[:1] for k, v in expected.items()}
+    assert unmatched({**split, "scores": torch.tensor([0.05105])}, {**split, "scores": torch.tensor([0.05095])},
+                     model) == []

@@ -17,26 +17,35 @@ def synthetic_image(seed: int, size: tuple[int, int]) -> torch.Tensor:
 
 
 def unmatched(got: dict, expected: dict, model: torch.nn.Module, box_px: float = 0.5, score: float = 1e-3) -> list[str]:
-    """What of `expected` has no counterpart in `got`: the same label, score and box within the
-    tolerances, one to one (where scores tie, the order may differ). Detections at the edge of
-    being kept, within `score` of the score threshold or of the last of a full list, may be kept
-    by one and not the other: they are left out of the comparison."""
+    """What of `expected` has no counterpart in `got`, and what of `got` none in `expected`: the same
+    label, score and box within the tolerances, one to one (where scores tie, the order may differ).
+    Detections at the edge of being kept (the score threshold, or the last of a full list) may be
+    kept by one and not the other, and a cut between compared and not compared can split a pair of
+    equal scores: so each side's detections more than `score` above the edge are looked for among
+    all of the other side's above the edge."""
     cap, threshold = model.roi_heads.detections_per_img, model.roi_heads.score_thresh
-    edge = max(threshold, expected["scores"][-1].item() if len(expected["scores"]) == cap else threshold) + score
-    got, expected = ({k: v[d["scores"] > edge] for k, v in d.items()} for d in (got, expected))
-    if len(got["scores"]) != len(expected["scores"]):
-        return [f"{len(got['scores'])} detections above {edge:.4f}, expected {len(expected['scores'])}"]
-    box_gap = (got["boxes"][None, :, :] - expected["boxes"][:, None, :]).abs().amax(-1)  # expected x got
-    close = ((got["labels"][None, :] == expected["labels"][:, None]) & (box_gap <= box_px)
-             & ((got["scores"][None, :] - expected["scores"][:, None]).abs() <= score))
-    free, missing = torch.ones(len(got["scores"]), dtype=torch.bool), []
-    for i in range(len(expected["scores"])):
+    edge = max(threshold, expected["scores"][-1].item() if len(expected["scores"]) == cap else threshold)
+
+    def above(detections: dict, cut: float) -> dict:
+        return {k: v[detections["scores"] > cut] for k, v in detections.items()}
+
+    missing = _without_counterpart(above(expected, edge + score), above(got, edge), box_px, score)
+    extra = _without_counterpart(above(got, edge + score), above(expected, edge), box_px, score)
+    return missing + [f"unexpected {detection}" for detection in extra]
+
+
+def _without_counterpart(wanted: dict, pool: dict, box_px: float, score: float) -> list[str]:
+    box_gap = (pool["boxes"][None, :, :] - wanted["boxes"][:, None, :]).abs().amax(-1)  # wanted x pool
+    close = ((pool["labels"][None, :] == wanted["labels"][:, None]) & (box_gap <= box_px)
+             & ((pool["scores"][None, :] - wanted["scores"][:, None]).abs() <= score))
+    free, missing = torch.ones(len(pool["scores"]), dtype=torch.bool), []
+    for i in range(len(wanted["scores"])):
         candidates = (close[i] & free).nonzero().flatten()
         if len(candidates):
             free[candidates[box_gap[i, candidates].argmin()]] = False
         else:
-            box = [round(v, 1) for v in expected["boxes"][i].tolist()]
-            missing.append(f"{expected['labels'][i].item()} {expected['scores'][i].item():.4f} {box}")
+            box = [round(v, 1) for v in wanted["boxes"][i].tolist()]
+            missing.append(f"{wanted['labels'][i].item()} {wanted['scores'][i].item():.4f} {box}")
     return missing
 
 
