@@ -11,18 +11,26 @@ import os
 from http import HTTPStatus
 
 import torch
+from ts.metrics.metric_type_enum import MetricTypes
 
+from objdetect import telemetry
 from objdetect.drain import Drain
 from objdetect.pipeline import Detector, Request
-from objdetect.predict import choose_device
+from objdetect.predict import choose_device, gpu_readings
 from objdetect.settings import Settings
 
 log = logging.getLogger(__name__)
+# One JSON line per request. TorchServe's frontend writes a worker's lines that start with "{" to
+# its stdout as they are (objdetect_serving/log4j2.xml): each is a whole CloudWatch log event.
+request_log = logging.getLogger("objdetect.requests")
+METRIC_TYPES = {"counter": MetricTypes.COUNTER, "histogram": MetricTypes.HISTOGRAM}
 
 
 class DetectorHandler:
     def __init__(self):
         self.detector = None
+        self.metrics = None
+        self.cloudwatch_namespace = ""
         self.drain = Drain()
         self.initialized = False
 
@@ -45,22 +53,34 @@ class DetectorHandler:
             # OpenVINO computes on its own threads; torch's small parts run between its calls, and
             # torch's idle OpenMP threads, spinning on the same cores, slow OpenVINO down.
             torch.set_num_threads(1)
+        self.metrics, self.cloudwatch_namespace = context.metrics, settings.cloudwatch_namespace
         warm_up_ms = self.detector.warm_up()  # TorchServe routes requests here only once this returns
         log.info("objdetect %s v%s on %s, runtime %s, %d threads, warmed up in %.0f ms, settings %s",
                  context.model_name, version, device, self.detector.runtime, threads, warm_up_ms, settings)
         self.initialized = True
 
     def handle(self, data, context):
-        requests = [
-            Request({name: _as_bytes(value) for name, value in row.items()},
-                    {k.lower(): v for k, v in context.get_all_request_header(i).items() if isinstance(v, str)})
-            for i, row in enumerate(data)
-        ]
+        requests = []
+        for i, row in enumerate(data):
+            headers = {k.lower(): v for k, v in context.get_all_request_header(i).items() if isinstance(v, str)}
+            requests.append(Request({name: _as_bytes(value) for name, value in row.items()}, headers,
+                                    context.get_request_id(i) or "", telemetry.client_request_id(headers)))
         responses = self.drain.answer(requests, self.detector)
         for i, response in enumerate(responses):
             context.set_response_status(response.status, HTTPStatus(response.status).phrase, i)
             context.set_response_content_type(i, response.content_type)
+        self._report([response.record for response in responses if response.record])
         return [response.body for response in responses]
+
+    def _report(self, records):
+        """Each request's metrics to TorchServe, and its log line."""
+        name, version = self.detector.name, self.detector.version
+        for metric, value, dimensions in telemetry.observations(records, name, version):
+            kind = telemetry.METRICS[metric][0]
+            self.metrics.get_metric(metric, METRIC_TYPES[kind]).add_or_update(value, dimensions)
+        gauges = gpu_readings(self.detector.device)
+        for record in records:
+            request_log.info(telemetry.log_line(record, name, version, self.cloudwatch_namespace, gauges))
 
 
 def _as_bytes(value) -> bytes:

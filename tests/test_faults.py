@@ -251,8 +251,8 @@ def test_sigterm_answers_every_request_accepted_and_503s_later_ones_until_it_exi
     after = [a for a in traffic.answers if signalled <= a.sent and a.done < closing]
     assert after and {a.status for a in after} <= {200, 503}, Counter(a.status for a in after)
     refused = [a for a in after if a.status == 503]
-    assert refused and all(a.body == {"error": "shutting_down", "message": refused[0].body["message"]}
-                           for a in refused)
+    assert refused and all(a.body == {"error": "shutting_down", "message": refused[0].body["message"],
+                                      "request_id": a.body["request_id"]} and a.body["request_id"] for a in refused)
     # Connections fail only once TorchServe is being stopped, after the drain.
     assert all(a.sent >= closing - 0.5 for a in traffic.answers if a.status is None)
     assert "drain: workers of 1 model versions stopped taking requests" in log

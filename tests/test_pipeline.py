@@ -58,10 +58,10 @@ def test_urls_are_fetched_with_the_configured_fetcher(shapes_model, shapes_label
 
     detector = Detector(shapes_model, shapes_labels, default_settings, fetch=fetch, openvino_ir=shapes_openvino_ir)
     good, bad = detector([Request({"body": b'{"url": "https://images.example/a.png"}'}),
-                          Request({"body": b'{"url": "https://refused.example/a.png"}'})])
+                          Request({"body": b'{"url": "https://refused.example/a.png"}'}, {}, "r-2")])
     assert fetched == ["https://images.example/a.png", "https://refused.example/a.png"]
     assert good.status == 200 and "fetch" in body_of(good)["timings_ms"]
-    assert bad.status == 400 and body_of(bad) == {"error": "url_refused", "message": "not public"}
+    assert bad.status == 400 and body_of(bad) == {"error": "url_refused", "message": "not public", "request_id": "r-2"}
 
 
 def test_api_keys_guard_predictions_when_configured(detector, shapes_model, shapes_labels, shapes_openvino_ir):

@@ -40,7 +40,7 @@ class Drain:
         """`serve`'s responses, or 503s once stopped. A stop request is answered with this worker's
         pid (the server waits until every worker has answered one); the batch it came in is served."""
         if self.stopped:
-            return [Response.error(SHUTTING_DOWN) for _ in requests]
+            return [Response.error(SHUTTING_DOWN, request.id, request.client_id) for request in requests]
         stop = [self.is_stop_request(request.headers) for request in requests]
         served = iter(serve([request for request, is_stop in zip(requests, stop) if not is_stop]))
         self.stopped = any(stop)

@@ -34,6 +34,7 @@ from .postprocess import postprocess
 from .predict import predict
 from .render import render_jpeg
 from .settings import Settings
+from .telemetry import RequestRecord
 from .transform import is_sliver, pad_to_aspect, shrink_to_model, to_model_input
 
 log = logging.getLogger(__name__)
@@ -43,11 +44,14 @@ log = logging.getLogger(__name__)
 class Outcome:
     """One request on its way down the path: each step fills in what it made, or sets `error`."""
 
+    request_id: str = ""
+    client_request_id: str | None = None
     timings_ms: Mapping[str, float] = field(default_factory=dict)
     request: ImageRequest | None = None  # input
     image: DecodedImage | None = None  # decode (transform may shrink it)
     model_input: torch.Tensor | None = None  # transform
     output: Mapping[str, torch.Tensor] | None = None  # predict
+    batch_size: int = 0  # predict: the images in its forward pass
     error: RequestError | None = None
 
     def timed(self, step: str, ms: float, **made: Any) -> "Outcome":
@@ -123,7 +127,7 @@ class Detector:
         return [self._respond(outcome, started) for outcome in outcomes]  # postprocess -> response
 
     def _read(self, request: Request) -> Outcome:
-        outcome, clock = Outcome(), time.perf_counter()
+        outcome, clock = Outcome(request.id, request.client_id), time.perf_counter()
         try:
             authorize(request.headers, self.settings.api_keys)
             parsed = parse_request(request.fields, request.headers.get("content-type"), self.limits)
@@ -176,7 +180,7 @@ class Detector:
             predicted = [self._predict_alone(outcome) for outcome in ready]
         predict_ms = _ms_since(clock)
         log.info("batch of %d requests: %d images predicted in %.1f ms", len(outcomes), len(ready), predict_ms)
-        answered = iter(outcome.timed("predict", predict_ms) for outcome in predicted)
+        answered = iter(outcome.timed("predict", predict_ms, batch_size=len(ready)) for outcome in predicted)
         return [outcome if outcome.error else next(answered) for outcome in outcomes]
 
     def _predict_alone(self, outcome: Outcome) -> Outcome:
@@ -189,15 +193,22 @@ class Detector:
             return replace(outcome, error=RequestError("prediction_failed", "the model failed on this image", status=500))
 
     def _respond(self, outcome: Outcome, started: float) -> Response:
+        image = outcome.image
+        size = {"width": image.width, "height": image.height} if image else {}
         if outcome.error:
-            return Response.error(outcome.error)
+            return Response.error(outcome.error, outcome.request_id, outcome.client_request_id,
+                                  batch_size=outcome.batch_size, **size,
+                                  timings_ms={**outcome.timings_ms, "total": _ms_since(started)})
         clock = time.perf_counter()
-        image, options = outcome.image, outcome.request.options
+        options = outcome.request.options
         detections = postprocess(outcome.output, self.class_names, image, options)
-        if options.render:
-            return Response(200, render_jpeg(image, detections), "image/jpeg")
+        body = render_jpeg(image, detections) if options.render else None
         timings = {**outcome.timings_ms, "postprocess": _ms_since(clock), "total": _ms_since(started)}
-        return Response(200, json.dumps(self._body(image, detections, timings)).encode("utf-8"))
+        record = RequestRecord(outcome.request_id, 200, None, timings, **size, detections=len(detections),
+                               batch_size=outcome.batch_size, client_request_id=outcome.client_request_id)
+        if body is not None:
+            return Response(200, body, "image/jpeg", record)
+        return Response(200, json.dumps(self._body(image, detections, timings)).encode("utf-8"), record=record)
 
     def _body(self, image: DecodedImage, detections: Detections, timings_ms: Mapping[str, float]) -> dict:
         """The JSON response body (schema in the README)."""

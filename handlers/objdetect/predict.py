@@ -31,3 +31,16 @@ def choose_device(gpu_id: int | str | None, require_cuda: bool = False) -> torch
         raise RuntimeError(f"require_cuda is set but there is no usable GPU (torch.cuda.is_available() is "
                            f"{torch.cuda.is_available()}, TorchServe's gpu_id is {gpu_id}): refusing to serve from the CPU")
     return torch.device("cpu")
+
+
+def gpu_readings(device: torch.device) -> dict[str, float]:
+    """What this worker's GPU holds and how busy it is, for the request log; nothing on a CPU.
+    Utilization comes from NVML (pynvml), which a machine may lack: then memory alone."""
+    if device.type != "cuda":
+        return {}
+    readings = {"gpu_memory_mb": round(torch.cuda.memory_reserved(device) / 2**20, 1)}
+    try:
+        readings["gpu_utilization_percent"] = float(torch.cuda.utilization(device))
+    except Exception:  # noqa: BLE001 - no NVML here: the reading is optional
+        pass
+    return readings

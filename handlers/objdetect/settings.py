@@ -68,6 +68,9 @@ class Settings:
     # instance whose driver or device is broken fails its health check and is replaced, rather
     # than serving from its CPU at a tenth of the speed.
     require_cuda: bool = False
+    # When set (the ECS task definition sets it), each request's JSON log line is also in CloudWatch's
+    # embedded metric format, under this namespace (objdetect/telemetry.py).
+    cloudwatch_namespace: str = ""
 
     @classmethod
     def load(cls, handler_config: Mapping[str, Any] | None = None, environ: Mapping[str, str] = os.environ) -> "Settings":

@@ -27,7 +27,7 @@ import psutil
 
 from .drain import TOKEN_ENV, DrainPolicy, drain, marker
 from .management import Management
-from .paths import CONFIG_PROPERTIES, MODEL_STORE
+from .paths import CONFIG_PROPERTIES, LOG_CONFIG, METRICS_CONFIG, MODEL_STORE
 
 TORCHSERVE = Path(sys.executable).with_name("torchserve")
 
@@ -100,7 +100,7 @@ class TorchServe:
             TOKEN_ENV: self.drain_token,
         }
         command = [str(TORCHSERVE), "--start", "--foreground", "--ncs", "--ts-config", str(config),
-                   "--model-store", str(self.model_store),
+                   "--log-config", str(LOG_CONFIG), "--model-store", str(self.model_store),
                    "--models", *(f"{name}={archive}" for name, archive in self.models.items())]
         with open(self.workdir / "torchserve.out", "wb") as out:
             self.process = subprocess.Popen(command, cwd=self.workdir, env=env, stdout=None if self.console else out,
@@ -163,8 +163,8 @@ class TorchServe:
         return "\n".join(texts)
 
     def _config_text(self) -> str:
-        """The repository's config.properties, with this server's ports."""
-        text = self.config.read_text()
+        """The repository's config.properties, with this server's ports and our metrics declared."""
+        text = f"{self.config.read_text()}\nmetrics_config={METRICS_CONFIG}\n"
         for f in fields(self.ports):
             port = getattr(self.ports, f.name)
             if f.name.startswith("grpc"):
