@@ -1,5 +1,5 @@
 # One customer managed key for this deployment's data at rest: ECR images, the API keys secret,
-# the log groups, and ECS Exec sessions. Rotated yearly by KMS.
+# the log groups, ECS Exec sessions and the alarm topic. Rotated yearly by KMS.
 
 locals {
   # Built from names, not from the log group resources: those depend on this key.
@@ -35,6 +35,17 @@ resource "aws_kms_key" "this" {
         Resource  = "*"
         Condition = {
           ArnLike = { "kms:EncryptionContext:aws:logs:arn" = local.log_group_arns }
+        }
+      },
+      {
+        # CloudWatch alarms publish to the encrypted alarm topic (monitoring.tf).
+        Sid       = "CloudWatchAlarmsPublishToTheAlarmTopic"
+        Effect    = "Allow"
+        Principal = { Service = "cloudwatch.amazonaws.com" }
+        Action    = ["kms:Decrypt", "kms:GenerateDataKey*"]
+        Resource  = "*"
+        Condition = {
+          StringEquals = { "aws:SourceAccount" = local.account_id }
         }
       },
     ]

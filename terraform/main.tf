@@ -1,6 +1,6 @@
 # Shared lookups and names. Each concern has its own file: ecr.tf, ecs_cluster.tf, capacity.tf,
 # task.tf, service.tf, alb.tf, waf.tf, security_groups.tf, autoscaling.tf, iam.tf, network.tf,
-# logs.tf, secrets.tf, kms.tf.
+# logs.tf, secrets.tf, kms.tf, monitoring.tf.
 
 data "aws_caller_identity" "current" {}
 

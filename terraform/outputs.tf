@@ -37,3 +37,13 @@ output "log_group_name" {
   description = "CloudWatch log group of the container's output."
   value       = aws_cloudwatch_log_group.service.name
 }
+
+output "alarm_topic_arn" {
+  description = "SNS topic every alarm notifies (subscribe a pager, chat or email to it)."
+  value       = aws_sns_topic.alarms.arn
+}
+
+output "dashboard_url" {
+  description = "The CloudWatch dashboard: throughput, latency, errors by code, stages, tasks and GPU."
+  value       = "https://${var.region}.console.aws.amazon.com/cloudwatch/home?region=${var.region}#dashboards/dashboard/${aws_cloudwatch_dashboard.this.dashboard_name}"
+}

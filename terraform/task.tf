@@ -2,11 +2,13 @@
 # its own network interface and security group.
 
 locals {
-  # A GPU task that finds no usable GPU fails its health check and is replaced (require_cuda), and
-  # the entrypoint's drain fits stopTimeout; var.environment adds settings (and may override these).
+  # A GPU task that finds no usable GPU fails its health check and is replaced (require_cuda), the
+  # entrypoint's drain fits stopTimeout, and each request's log line carries its metrics
+  # (monitoring.tf); var.environment adds settings (and may override these).
   environment = merge({
-    OBJDETECT_REQUIRE_CUDA    = "true"
-    OBJDETECT_DRAIN_TIMEOUT_S = tostring(local.drain_timeout_s)
+    OBJDETECT_REQUIRE_CUDA         = "true"
+    OBJDETECT_DRAIN_TIMEOUT_S      = tostring(local.drain_timeout_s)
+    OBJDETECT_CLOUDWATCH_NAMESPACE = local.metrics_namespace
   }, var.environment)
 
   # Root file system: read-only unless ECS Exec is on. AWS does not support ECS Exec with a

@@ -333,3 +333,62 @@ variable "drain_timeout_seconds" {
     error_message = "drain_timeout_seconds must be within 5..105 (stopTimeout = drain + 15 s, at most 120 s)."
   }
 }
+
+# ---------------------------------------------------------------------------------------------
+# Alarms (monitoring.tf)
+# ---------------------------------------------------------------------------------------------
+
+variable "alarm_email" {
+  description = "An address the alarm topic emails (AWS asks it to confirm first). Empty: subscribe what you use to the topic (output alarm_topic_arn)."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.alarm_email == "" || can(regex("^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$", var.alarm_email))
+    error_message = "alarm_email must be empty or an email address."
+  }
+}
+
+variable "alarm_5xx_percent" {
+  description = "Alarm when more than this percentage of requests get a 5xx (load balancer or tasks), in 3 of 5 minutes."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.alarm_5xx_percent > 0 && var.alarm_5xx_percent <= 100
+    error_message = "alarm_5xx_percent must be within (0, 100]."
+  }
+}
+
+variable "alarm_model_error_percent" {
+  description = "Alarm when more than this percentage of the model's requests fail on the service's side, in 3 of 5 minutes."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.alarm_model_error_percent > 0 && var.alarm_model_error_percent <= 100
+    error_message = "alarm_model_error_percent must be within (0, 100]."
+  }
+}
+
+variable "alarm_p99_response_seconds" {
+  description = "Alarm when the p99 of target response time exceeds this many seconds, in 3 of 5 minutes."
+  type        = number
+  default     = 2
+
+  validation {
+    condition     = var.alarm_p99_response_seconds > 0
+    error_message = "alarm_p99_response_seconds must be positive."
+  }
+}
+
+variable "alarm_predict_p99_ms" {
+  description = "Alarm when the p99 of the model's forward pass exceeds this many milliseconds, in 3 of 5 minutes."
+  type        = number
+  default     = 1000
+
+  validation {
+    condition     = var.alarm_predict_p99_ms > 0
+    error_message = "alarm_predict_p99_ms must be positive."
+  }
+}

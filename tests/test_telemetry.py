@@ -7,11 +7,13 @@ import re
 import xml.etree.ElementTree as ElementTree
 
 import pytest
+import torch
 import yaml
 
 from objdetect import synthetic, telemetry
 from objdetect.messages import Request
 from objdetect.pipeline import Detector
+from objdetect.predict import gpu_readings
 from objdetect.telemetry import RequestRecord
 from objdetect_serving.paths import LOG_CONFIG, METRICS_CONFIG
 
@@ -107,3 +109,16 @@ def test_the_pipeline_records_each_request_and_names_it_in_error_bodies(shapes_m
     assert {"decode", "transform", "predict", "postprocess", "total"} <= set(good.record.timings_ms)
     assert json.loads(bad.body)["request_id"] == "ts-2" and "client_request_id" not in json.loads(bad.body)
     assert (bad.record.status, bad.record.error, bad.record.batch_size) == (400, "not_an_image", 0)
+
+
+def test_gpu_readings_are_memory_and_nvml_utilization_when_there_is_nvml(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 3 * 2**30)
+    monkeypatch.setattr(torch.cuda, "utilization", lambda device: 42)
+    assert gpu_readings(torch.device("cuda:0")) == {"gpu_memory_mb": 3072.0, "gpu_utilization_percent": 42.0}
+
+    def no_nvml(device):
+        raise ModuleNotFoundError("pynvml")
+
+    monkeypatch.setattr(torch.cuda, "utilization", no_nvml)
+    assert gpu_readings(torch.device("cuda:0")) == {"gpu_memory_mb": 3072.0}
+    assert gpu_readings(torch.device("cpu")) == {}

@@ -14,6 +14,7 @@ from pathlib import Path
 import hcl2
 import pytest
 
+from objdetect import telemetry
 from objdetect_serving.paths import ROOT
 
 TERRAFORM_DIR = ROOT / "terraform"
@@ -354,9 +355,11 @@ def test_a_stopping_task_is_drained_by_the_load_balancer_then_by_its_entrypoint_
 @pytest.mark.unit
 def test_the_container_requires_its_gpu_and_drains_within_stop_timeout_and_takes_extra_settings():
     """require_cuda on (a task whose GPU does not work fails its health check and is replaced),
-    the drain bound the task definition leaves room for; var.environment adds or overrides."""
+    the drain bound the task definition leaves room for, request log lines in CloudWatch's embedded
+    metric format; var.environment adds or overrides."""
     assert config()["locals"]["environment"] == ('${merge({OBJDETECT_REQUIRE_CUDA = "true", '
-                                                 'OBJDETECT_DRAIN_TIMEOUT_S = tostring(local.drain_timeout_s)}, '
+                                                 'OBJDETECT_DRAIN_TIMEOUT_S = tostring(local.drain_timeout_s), '
+                                                 'OBJDETECT_CLOUDWATCH_NAMESPACE = local.metrics_namespace}, '
                                                  'var.environment)}')
     assert container()["environment"] == "${[for key, value in local.environment : {name = key, value = value}]}"
 
@@ -499,3 +502,80 @@ def test_readme_walks_a_newcomer_from_prerequisites_to_teardown():
                    "0.526", "check current pricing", "NAT gateway", "terraform destroy", "ecr_force_delete",
                    "## Networking", "Not verified"):
         assert needed in readme, f"terraform/README.md does not mention {needed!r}"
+
+
+# --- monitoring.tf ---------------------------------------------------------------------------
+
+ALB, ECS = "AWS/ApplicationELB", "ECS/ContainerInsights"
+OURS = "${local.metrics_namespace}"
+# alarm: (threshold, expression, [(namespace, metric, statistic, dimensions)])
+ALARMS = {
+    "alb-5xx-rate": ("${var.alarm_5xx_percent}", "100 * (FILL(m1, 0) + FILL(m2, 0)) / m3", [
+        (ALB, "HTTPCode_Target_5XX_Count", "Sum", "load_balancer"), (ALB, "HTTPCode_ELB_5XX_Count", "Sum", "load_balancer"),
+        (ALB, "RequestCount", "Sum", "load_balancer")]),
+    "p99-response-time": ("${var.alarm_p99_response_seconds}", "m1",
+                          [(ALB, "TargetResponseTime", "p99", "target_group")]),
+    "unhealthy-hosts": (0, "m1", [(ALB, "UnHealthyHostCount", "Maximum", "target_group")]),
+    "tasks-below-desired": (0, "m1 - m2", [(ECS, "DesiredTaskCount", "Maximum", "ecs_service"),
+                                           (ECS, "RunningTaskCount", "Minimum", "ecs_service")]),
+    "model-error-rate": ("${var.alarm_model_error_percent}", "100 * m1 / m2",
+                         [(OURS, "server_errors", "Sum", "model"), (OURS, "requests", "Sum", "model")]),
+    "predict-p99": ("${var.alarm_predict_p99_ms}", "m1", [(OURS, "predict_ms", "p99", "model")]),
+    "gpu-memory": ("${floor(0.9 * local.gpu_memory_mib)}", "m1", [(OURS, "gpu_memory_mb", "Maximum", "model")]),
+    "gpu-utilization": (90, "m1", [(OURS, "gpu_utilization_percent", "Average", "model")]),
+}
+
+
+@pytest.mark.unit
+def test_each_alarm_judges_its_metrics_against_its_threshold_and_notifies_the_topic():
+    alarms = config()["locals"]["alarms"]
+    assert set(alarms) == set(ALARMS)
+    for name, (threshold, expression, metrics) in ALARMS.items():
+        alarm = alarms[name]
+        assert (alarm["threshold"], alarm["expression"]) == (threshold, expression), name
+        assert [tuple(m[1:4]) + (m[4],) for m in alarm["metrics"]] == \
+            [(ns, metric, stat, f"${{local.{dims}}}") for ns, metric, stat, dims in metrics], name
+        assert [m[0] for m in alarm["metrics"]] == [f"m{i}" for i in range(1, len(metrics) + 1)]
+        assert all(re.search(rf"\bm{i}\b", expression) for i in range(1, len(metrics) + 1)), name
+        assert 1 <= alarm["datapoints"] <= alarm["minutes"], name
+    resource = resources("aws_cloudwatch_metric_alarm")["this"]
+    assert resource["for_each"] == "${local.alarms}" and resource["comparison_operator"] == "GreaterThanThreshold"
+    assert resource["alarm_actions"] == resource["ok_actions"] == ["${aws_sns_topic.alarms.arn}"]
+    assert resource["treat_missing_data"] == "notBreaching"  # no traffic is not an outage
+    assert one(resource["metric_query"])["return_data"] is True
+    metric = one(one(one(resource["dynamic"])["metric_query"]["content"])["metric"])
+    assert metric["dimensions"] == "${metric_query.value[4]}" and metric["period"] == 60
+
+
+@pytest.mark.unit
+def test_the_models_alarms_and_dashboard_read_what_each_request_log_line_carries():
+    """Our metrics exist only as members of the log line (objdetect/telemetry.py), per model."""
+    ours = {m[2] for alarm in config()["locals"]["alarms"].values() for m in alarm["metrics"] if m[1] == OURS}
+    dashboard = resources("aws_cloudwatch_dashboard")["this"]["dashboard_body"]
+    stages = config()["locals"]["stages"]
+    assert ours <= set(telemetry.EMBEDDED_METRICS)
+    assert set(stages) == {f"{stage}_ms" for stage in telemetry.STAGES} <= set(telemetry.EMBEDDED_METRICS)
+    assert config()["locals"]["model"] == "${tomap({model = var.model_name})}"
+    line = json.loads(telemetry.log_line(telemetry.RequestRecord("r", 500, "prediction_failed"), "detector", "1",
+                                         "objdetect"))
+    assert [d["Dimensions"] for d in line["_aws"]["CloudWatchMetrics"]] == [[["model"]], [["model", "outcome"]]]
+    widgets = json.dumps(config()["locals"]["dashboard_widgets"])
+    for title in ("Requests per minute", "Response time", "Errors by code", "Stage latency p50", "Stage latency p99",
+                  "Tasks", "GPU"):
+        assert title in widgets
+    assert "MetricName=\\\"requests\\\" NOT outcome=\\\"ok\\\"" in widgets  # errors by code: a SEARCH
+    assert "local.dashboard_widgets" in dashboard
+
+
+@pytest.mark.unit
+def test_the_alarm_topic_is_encrypted_and_only_this_accounts_alarms_may_publish():
+    topic = resources("aws_sns_topic")["alarms"]
+    assert topic["kms_master_key_id"] == "${aws_kms_key.this.arn}"
+    policy = resources("aws_sns_topic_policy")["alarms"]["policy"]
+    assert "cloudwatch.amazonaws.com" in policy and "sns:Publish" in policy
+    assert ":alarm:${var.name}-*" in policy and "aws:SourceArn" in policy
+    key_policy = resources("aws_kms_key")["this"]["policy"]
+    assert "CloudWatchAlarmsPublishToTheAlarmTopic" in key_policy and "aws:SourceAccount" in key_policy
+    email = resources("aws_sns_topic_subscription")["alarm_email"]
+    assert email["count"] == '${var.alarm_email == "" ? 0 : 1}' and email["protocol"] == "email"
+    assert {"alarm_topic_arn", "dashboard_url"} <= set(config()["output"])

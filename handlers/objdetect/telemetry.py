@@ -89,8 +89,8 @@ def log_line(record: RequestRecord, model: str, version: str, cloudwatch_namespa
     return json.dumps(line, separators=(",", ":"))
 
 
-# CloudWatch units of the line's numeric members that become metrics.
-_UNITS = {"requests": "Count", "server_errors": "Count", "megapixels": "None", "detections": "Count",
+# The line's numeric members that become CloudWatch metrics, with their units (monitoring.tf reads them).
+EMBEDDED_METRICS = {"requests": "Count", "server_errors": "Count", "megapixels": "None", "detections": "Count",
           "batch_size": "Count", **{f"{stage}_ms": "Milliseconds" for stage in (*STAGES, "total")},
           "gpu_memory_mb": "Megabytes", "gpu_utilization_percent": "Percent"}
 
@@ -98,7 +98,7 @@ _UNITS = {"requests": "Count", "server_errors": "Count", "megapixels": "None", "
 def _embedded_metrics(line: dict, namespace: str) -> dict:
     """CloudWatch's embedded metric format: which members are metrics, by which dimensions. Per
     model: all of them; per model and outcome ("ok" or the error code): the request count."""
-    measured = [{"Name": name, "Unit": unit} for name, unit in _UNITS.items() if line.get(name) is not None]
+    measured = [{"Name": name, "Unit": unit} for name, unit in EMBEDDED_METRICS.items() if line.get(name) is not None]
     return {"Timestamp": int(time.time() * 1000), "CloudWatchMetrics": [
         {"Namespace": namespace, "Dimensions": [["model"]], "Metrics": measured},
         {"Namespace": namespace, "Dimensions": [["model", "outcome"]], "Metrics": [{"Name": "requests", "Unit": "Count"}]},
