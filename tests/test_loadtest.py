@@ -30,7 +30,8 @@ def test_a_short_run_reports_the_requests_the_server_answered(server, tmp_path):
     access_log = server.log_dir / "access_log.log"  # TorchServe's own record: a line per request
     offset = access_log.stat().st_size
     out = tmp_path / "report"
-    result = run("--host", server.url(), "--users", "2", "--spawn-rate", "2", "--duration", "10s", "--out", str(out))
+    result = run("--host", server.url(), "--metrics-url", f"{server.url('metrics')}/metrics", "--users", "2",
+                 "--spawn-rate", "2", "--duration", "10s", "--out", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
     with open(access_log, "rb") as file:
         file.seek(offset)
@@ -38,9 +39,9 @@ def test_a_short_run_reports_the_requests_the_server_answered(server, tmp_path):
     with open(out / "locust_stats.csv") as file:
         aggregated = next(row for row in csv.DictReader(file) if row["Name"] == "Aggregated")
     summary = json.loads((out / "summary.json").read_text())
-    # Every request locust counted was answered 200 by the server; a request or two per user may
-    # land while locust winds down, after its final statistics.
-    assert summary["requests"] <= len(served) <= summary["requests"] + 2 * 2
+    # Every request locust counted was answered 200 by the server; a few per user may land while
+    # locust winds down, after its final statistics (seen: up to 3 per user).
+    assert summary["requests"] <= len(served) <= summary["requests"] + 4 * 2
     assert all('" 200 ' in line for line in served)
     assert summary["requests"] == int(aggregated["Request Count"]) > 5
     assert summary["failures"] == int(aggregated["Failure Count"]) == 0
@@ -55,8 +56,15 @@ def test_a_short_run_reports_the_requests_the_server_answered(server, tmp_path):
     assert 0 <= len(latencies) - (summary["requests"] - summary["failures"]) <= 6
     report = (out / "report.md").read_text()
     assert f"| {summary['requests']} | {summary['failures']} | {summary['throughput_rps']} |" in report
-    for plot in ("over_time.png", "latency_distribution.png"):
+    for plot in ("over_time.png", "latency_distribution.png", "server_view.png"):
         assert (out / plot).read_bytes()[:8] == PNG
+    # The server's view, from its metrics port: time queued and in each stage, per request.
+    server_ms = summary["server_ms"]
+    assert {"queue_ms", "decode_ms", "transform_ms", "predict_ms", "postprocess_ms"} <= set(server_ms)
+    assert 0 < server_ms["predict_ms"] < summary["p99_ms"] and server_ms["queue_ms"] >= 0
+    assert "The server's mean per request over the run" in report
+    intervals = json.loads((out / "server_metrics.json").read_text())
+    assert sum("predict_ms" in means for _, means in intervals) >= 3  # scraped every 2 s while locust sent
     assert (out / "locust.html").stat().st_size > 1000
 
 
@@ -155,3 +163,13 @@ def test_growth_during_the_warm_up_is_not_judged():
     judged = loadtest.memory_verdict(warming_then_flat, warmup_s=10)
     assert judged["verdict"] == "stable" and judged["samples"] == 20
     assert loadtest.memory_verdict(warming_then_flat, warmup_s=25)["verdict"].startswith("too few")
+
+
+@pytest.mark.unit
+def test_server_means_are_per_request_between_two_scrapes():
+    before = {"queue_us": 1_000, "requests": 10, "predict_sum": 1.0, "predict_count": 10, "decode_sum": 0.1,
+              "decode_count": 10}
+    after = {"queue_us": 41_000, "requests": 30, "predict_sum": 2.6, "predict_count": 30, "decode_sum": 0.1,
+             "decode_count": 10, "fetch_sum": 0.05, "fetch_count": 1}
+    assert loadtest.server_means(before, after) == {"queue_ms": 2.0, "predict_ms": 80.0, "fetch_ms": 50.0}
+    assert loadtest.server_means(after, after) == {}  # nothing answered in between: no means

@@ -6,7 +6,9 @@
 Without --host, a local TorchServe serving model_store/detector-v1.0.mar is started for the run
 (and stopped). Writes reports/loadtest-<timestamp>/: locust's CSVs and HTML, summary.json
 (requests, failures, throughput_rps, p50_ms, p90_ms, p99_ms, from locust's own aggregate), report.md,
-and plots: throughput and latency percentiles over time, and the latency distribution.
+and plots: throughput and latency percentiles over time, the latency distribution, and the server's
+view beside the client's: time queued in TorchServe and in each stage of the request path, scraped
+from its metrics port during the run (a local server's, or --metrics-url's).
 --soak runs at a fixed rate per user and records the server's memory over time (from the process
 table for a local server, or from --metrics-url), flagging growth after the warm-up.
 """
@@ -22,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,6 +34,9 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import psutil  # noqa: E402
 import requests  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from objdetect.telemetry import STAGES  # noqa: E402
 
 from objdetect_serving.archive import archive_path, build_mar  # noqa: E402
 from objdetect_serving.paths import MODEL_STORE, ROOT  # noqa: E402
@@ -84,7 +90,9 @@ def summarize(out: Path) -> dict:
     return summary
 
 
-def plot(out: Path, memory: list[tuple[float, float]], warmup_s: float = 0.0) -> list[str]:
+def plot(out: Path, memory: list[tuple[float, float]], warmup_s: float = 0.0,
+         server: list[tuple[float, dict[str, float]]] = ()) -> list[str]:
+    """The report's plots; `server`: ServerSampler.intervals(), the server's view of the same run."""
     with open(out / "locust_stats_history.csv") as file:
         history = [r for r in csv.DictReader(file) if r["Name"] == "Aggregated"]
     start = int(history[0]["Timestamp"]) if history else 0
@@ -121,6 +129,22 @@ def plot(out: Path, memory: list[tuple[float, float]], warmup_s: float = 0.0) ->
         plt.close(figure)
         files.append("latency_distribution.png")
 
+    if server and history:
+        figure, axis = plt.subplots(figsize=(8, 4))
+        axis.plot(seconds, column("50%"), label="client: p50 response time", color="black", linewidth=2)
+        for name in ("queue_ms", *(f"{stage}_ms" for stage in STAGES)):
+            if any(name in means for _, means in server):
+                axis.plot([t - start for t, _ in server], [means.get(name, float("nan")) for _, means in server],
+                          label=f"server: mean {name[:-3]}" + (" (TorchServe's queue)" if name == "queue_ms" else ""))
+        axis.set_xlabel("seconds into the run")
+        axis.set_ylabel("ms per request")
+        axis.set_title("the client's view and the server's: where a request's time goes")
+        axis.legend(fontsize="small")
+        figure.tight_layout()
+        figure.savefig(out / "server_view.png", dpi=90)
+        plt.close(figure)
+        files.append("server_view.png")
+
     if memory:
         figure, axis = plt.subplots(figsize=(8, 3.5))
         axis.plot([t for t, _ in memory], [mb for _, mb in memory])
@@ -137,41 +161,85 @@ def plot(out: Path, memory: list[tuple[float, float]], warmup_s: float = 0.0) ->
     return files
 
 
-class MemorySampler(threading.Thread):
-    """Samples a server's memory every `interval_s`: the RSS of a local TorchServe's processes,
-    or Prometheus' MemoryUsed from a metrics URL."""
+def scrape(metrics_url: str) -> dict[str, float]:
+    """A server's running totals on its metrics port, over all its models: microseconds requests
+    spent queued and how many were answered (TorchServe's), seconds spent in each stage and how
+    many requests passed it (ours), and the host's memory in use (MB)."""
+    totals: dict[str, float] = defaultdict(float)
+    for family in text_string_to_metric_families(requests.get(metrics_url, timeout=5).text):
+        for sample in family.samples:
+            if sample.name == "ts_queue_latency_microseconds_total":  # the parser adds _total to counters
+                totals["queue_us"] += sample.value
+            elif sample.name == "ts_inference_requests_total":
+                totals["requests"] += sample.value
+            elif sample.name in ("objdetect_stage_seconds_sum", "objdetect_stage_seconds_count"):
+                totals[f"{sample.labels['stage']}_{sample.name.rsplit('_', 1)[1]}"] += sample.value
+            elif sample.name == "MemoryUsed":
+                totals["memory_mb"] = sample.value
+    return dict(totals)
+
+
+def server_means(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Mean milliseconds per request between two scrapes: queued, and in each stage that ran."""
+    means = {}
+    answered = after.get("requests", 0) - before.get("requests", 0)
+    if answered > 0:
+        means["queue_ms"] = (after["queue_us"] - before.get("queue_us", 0)) / answered / 1000
+    for stage in STAGES:
+        count = after.get(f"{stage}_count", 0) - before.get(f"{stage}_count", 0)
+        if count > 0:
+            means[f"{stage}_ms"] = (after[f"{stage}_sum"] - before.get(f"{stage}_sum", 0)) / count * 1000
+    return {name: round(ms, 2) for name, ms in means.items()}
+
+
+class ServerSampler(threading.Thread):
+    """Every `interval_s`: the server's metrics (`metrics_url`), and its memory: the RSS of a local
+    TorchServe's processes, or Prometheus' MemoryUsed."""
 
     def __init__(self, server: TorchServe | None, metrics_url: str | None, interval_s: float = 2.0):
         super().__init__(daemon=True)
         self.server, self.metrics_url, self.interval_s = server, metrics_url, interval_s
-        self.samples: list[tuple[float, float]] = []
+        self.memory: list[tuple[float, float]] = []  # (seconds into the run, MB)
+        self.scrapes: list[tuple[float, dict[str, float]]] = []  # (unix time, totals)
         self.stopped = threading.Event()
 
     def run(self):
         start = time.monotonic()
-        while not self.stopped.wait(self.interval_s):
-            megabytes = self.read()
+        while True:
+            totals = self.scrape()
+            if totals:
+                self.scrapes.append((time.time(), totals))
+            megabytes = self.local_memory() if self.server is not None else totals.get("memory_mb")
             if megabytes is not None:
-                self.samples.append((round(time.monotonic() - start, 1), megabytes))
+                self.memory.append((round(time.monotonic() - start, 1), megabytes))
+            if self.stopped.wait(self.interval_s):
+                self.scrapes.append((time.time(), self.scrape()))  # the run's last totals
+                return
 
-    def read(self) -> float | None:
-        if self.server is not None:
-            group = self.server.process.pid
-            total = 0
-            for process in psutil.process_iter(["memory_info"]):
-                try:
-                    if os.getpgid(process.pid) == group:
-                        total += process.info["memory_info"].rss
-                except (ProcessLookupError, psutil.Error):
-                    continue
-            return total / 1e6
+    def scrape(self) -> dict[str, float]:
         try:
-            for line in requests.get(self.metrics_url, timeout=5).text.splitlines():
-                if line.startswith("MemoryUsed"):
-                    return float(line.split()[-1])
+            return scrape(self.metrics_url) if self.metrics_url else {}
         except requests.RequestException:
-            return None
-        return None
+            return {}
+
+    def local_memory(self) -> float:
+        group, total = self.server.process.pid, 0
+        for process in psutil.process_iter(["memory_info"]):
+            try:
+                if os.getpgid(process.pid) == group:
+                    total += process.info["memory_info"].rss
+            except (ProcessLookupError, psutil.Error):
+                continue
+        return total / 1e6
+
+    def intervals(self) -> list[tuple[float, dict[str, float]]]:
+        """(unix time at the interval's end, server_means over it), for each pair of scrapes."""
+        scrapes = [(t, totals) for t, totals in self.scrapes if totals]
+        return [(t, server_means(before, after)) for (_, before), (t, after) in zip(scrapes, scrapes[1:])]
+
+    def run_means(self) -> dict[str, float]:
+        scrapes = [totals for _, totals in self.scrapes if totals]
+        return server_means(scrapes[0], scrapes[-1]) if len(scrapes) > 1 else {}
 
 
 def memory_verdict(samples: list[tuple[float, float]], warmup_s: float = 0.0) -> dict:
@@ -188,6 +256,7 @@ def memory_verdict(samples: list[tuple[float, float]], warmup_s: float = 0.0) ->
 
 
 def write_report(out: Path, args, summary: dict, plots: list[str], memory: dict | None) -> None:
+    server = summary.get("server_ms")
     lines = [f"# Load test {out.name}", "",
              f"Host {args.host or 'a local TorchServe (started for the run)'}, {args.users} users, spawn rate "
              f"{args.spawn_rate}/s, {args.duration}"
@@ -198,6 +267,10 @@ def write_report(out: Path, args, summary: dict, plots: list[str], memory: dict 
              "|---|---|---|---|---|"]
     lines += [f"| {name} | {r['requests']} | {r['failures']} | {_num(r['p50_ms'])} | {_num(r['p99_ms'])} |"
               for name, r in summary["per_request_type"].items()]
+    if server:
+        lines += ["", "The server's mean per request over the run (ms), from its metrics port:", "",
+                  "| " + " | ".join(name[:-3] for name in server) + " |", "|---" * len(server) + "|",
+                  "| " + " | ".join(f"{ms:g}" for ms in server.values()) + " |"]
     if memory:
         lines += ["", f"Server memory: {memory}"]
     lines += [""] + [f"![{name}]({name})" for name in plots] + ["", "Locust's own report: locust.html; raw numbers: locust_*.csv."]
@@ -214,7 +287,8 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=1.0, help="with --soak: requests per second per user")
     parser.add_argument("--warmup-s", type=float, default=60.0,
                         help="with --soak: seconds of memory samples recorded but not judged (the server warming up)")
-    parser.add_argument("--metrics-url", help="with --soak and --host: Prometheus metrics to read memory from")
+    parser.add_argument("--metrics-url", help="with --host: the server's Prometheus metrics (queue and stage times, "
+                        "and memory with --soak); e.g. through an SSH or ECS Exec port forward to 8082")
     parser.add_argument("--out", type=Path, help="report folder (default reports/loadtest-<timestamp>)")
     args = parser.parse_args()
 
@@ -226,16 +300,14 @@ def main() -> int:
         if not archive.exists():
             build_mar("shapes", MODEL_STORE)
         server = TorchServe(MODEL_STORE, {"detector": archive.name}, Ports.free()).start()
-        args.host = server.url()
-    sampler = MemorySampler(server, args.metrics_url) if args.soak else None
+        args.host, args.metrics_url = server.url(), f"{server.url('metrics')}/metrics"
+    sampler = ServerSampler(server, args.metrics_url)
     try:
-        if sampler:
-            sampler.start()
+        sampler.start()
         status = run_locust(args.host, out, args.users, args.spawn_rate, args.duration, args.rate if args.soak else None)
     finally:
-        if sampler:
-            sampler.stopped.set()
-            sampler.join()
+        sampler.stopped.set()
+        sampler.join()
         if server:
             server.stop()
             server.cleanup()
@@ -243,12 +315,16 @@ def main() -> int:
         print(f"loadtest: locust wrote no statistics; see {out / 'locust.log'}", file=sys.stderr)
         return 1
     summary = summarize(out)
-    memory = memory_verdict(sampler.samples, args.warmup_s) if sampler else None
+    if server_ms := sampler.run_means():
+        summary["server_ms"] = server_ms
+        (out / "server_metrics.json").write_text(json.dumps(sampler.intervals()))
+    memory = memory_verdict(sampler.memory, args.warmup_s) if args.soak else None
     if memory:
         summary["memory"] = memory
-        (out / "memory.csv").write_text("seconds,megabytes\n" + "".join(f"{t},{mb:.1f}\n" for t, mb in sampler.samples))
+        (out / "memory.csv").write_text("seconds,megabytes\n" + "".join(f"{t},{mb:.1f}\n" for t, mb in sampler.memory))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    write_report(out, args, summary, plot(out, sampler.samples if sampler else [], args.warmup_s), memory)
+    plots = plot(out, sampler.memory if args.soak else [], args.warmup_s, sampler.intervals())
+    write_report(out, args, summary, plots, memory)
     print(f"loadtest: {summary['requests']} requests, {summary['failures']} failures, {summary['throughput_rps']} req/s, "
           f"p50 {_num(summary['p50_ms'])} ms, p90 {_num(summary['p90_ms'])} ms, p99 {_num(summary['p99_ms'])} ms -> {out}")
     if memory:
