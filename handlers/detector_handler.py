@@ -11,6 +11,7 @@ import os
 from http import HTTPStatus
 
 import torch
+from ts.metrics.metric_cache_errors import MetricsCacheKeyError
 from ts.metrics.metric_type_enum import MetricTypes
 
 from objdetect import telemetry
@@ -31,6 +32,7 @@ class DetectorHandler:
         self.detector = None
         self.metrics = None
         self.cloudwatch_namespace = ""
+        self.undeclared_metrics_logged = False
         self.drain = Drain()
         self.initialized = False
 
@@ -75,9 +77,15 @@ class DetectorHandler:
     def _report(self, records):
         """Each request's metrics to TorchServe, and its log line."""
         name, version = self.detector.name, self.detector.version
-        for metric, value, dimensions in telemetry.observations(records, name, version):
-            kind = telemetry.METRICS[metric][0]
-            self.metrics.get_metric(metric, METRIC_TYPES[kind]).add_or_update(value, dimensions)
+        try:
+            for metric, value, dimensions in telemetry.observations(records, name, version):
+                kind = telemetry.METRICS[metric][0]
+                self.metrics.get_metric(metric, METRIC_TYPES[kind]).add_or_update(value, dimensions)
+        except MetricsCacheKeyError:  # a TorchServe started without our metrics.yaml: serve on, say so once
+            if not self.undeclared_metrics_logged:
+                log.warning("objdetect's metrics are not declared (TorchServe's metrics_config is not "
+                            "objdetect_serving/metrics.yaml): they are not reported", exc_info=True)
+                self.undeclared_metrics_logged = True
         gauges = gpu_readings(self.detector.device)
         for record in records:
             request_log.info(telemetry.log_line(record, name, version, self.cloudwatch_namespace, gauges))
