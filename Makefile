@@ -25,7 +25,7 @@ setup: $(INSTALLED) $(CHECKOV)
 # The venv in the checkout, with the pinned dependencies; redone when pyproject.toml changes.
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --no-cache-dir -e '.[dev,openvino]'
+	$(PY) -m pip install --no-cache-dir -e '.[dev,openvino,java,client]'
 	touch $@
 
 # checkov (Terraform checks) in a venv of its own: it ships its own copy of the hcl2 module.

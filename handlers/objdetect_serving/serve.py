@@ -8,7 +8,6 @@ the embedded shapes model. The log says which, and why.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from objdetect import registry, synthetic
 from .archive import build_mar
 from .paths import MODEL_STORE, ROOT
 from .drain import DrainPolicy
+from .java import JavaNotFound, java_environment
 from .torchserve import Ports, TorchServe, run_until_signal
 
 
@@ -52,8 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.weights and not args.model:
         parser.error("--weights needs --model (the architecture the checkpoint was trained with)")
 
-    if not shutil.which("java"):
-        print("serve: TorchServe needs a Java runtime (11+): apt-get install openjdk-17-jre-headless", file=sys.stderr)
+    try:
+        java_environment()
+    except JavaNotFound as error:  # said before the archive is built, not after
+        print(f"serve: {error}", file=sys.stderr)
         return 1
     model, reason = choose_model(args.model, args.weights)
     print(f"serve: serving {model}: {reason}", flush=True)

@@ -26,6 +26,7 @@ from typing import Callable
 import psutil
 
 from .drain import TOKEN_ENV, DrainPolicy, drain, marker
+from .java import JavaNotFound, java_environment
 from .management import Management
 from .paths import CONFIG_PROPERTIES, LOG_CONFIG, METRICS_CONFIG, MODEL_STORE
 
@@ -86,6 +87,11 @@ class TorchServe:
         return self._log_dir or self.workdir / "logs"
 
     def start(self, ready_timeout_s: float = 180) -> "TorchServe":
+        """Raises ServerError when TorchServe finds no Java runtime, exits or has no READY worker in time."""
+        try:
+            java = java_environment({**os.environ, **self.env})
+        except JavaNotFound as error:
+            raise ServerError(str(error)) from None
         self.workdir = Path(tempfile.mkdtemp(prefix="objdetect-torchserve-"))
         config = self.workdir / "config.properties"
         config.write_text(self._config_text())
@@ -97,6 +103,7 @@ class TorchServe:
             "LOG_LOCATION": str(self.log_dir),
             "METRICS_LOCATION": str(self.log_dir),
             **self.env,
+            **java,
             TOKEN_ENV: self.drain_token,
         }
         command = [str(TORCHSERVE), "--start", "--foreground", "--ncs", "--ts-config", str(config),
