@@ -1,5 +1,5 @@
 """Shared fixtures: the embedded model, its settings and archives, one real TorchServe per session,
-crafted images, and a moto server for the AWS scripts."""
+crafted images, loopback HTTP servers, and a moto server for the AWS scripts."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import zlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import boto3
@@ -170,6 +172,39 @@ def aws(moto_endpoint, monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
     return moto_endpoint
+
+
+@pytest.fixture()
+def http_server():
+    """Starts loopback HTTP servers that answer each request with
+    respond(method, path, headers, body) -> (status, body, content type); returns each one's URL.
+    All are stopped after the test."""
+    servers = []
+
+    def start(respond) -> str:
+        class Handler(BaseHTTPRequestHandler):
+            def answer(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                status, data, content_type = respond(self.command, self.path, self.headers, body)
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = answer
+
+            def log_message(self, *args):
+                pass
+
+        servers.append(ThreadingHTTPServer(("127.0.0.1", 0), Handler))
+        threading.Thread(target=servers[-1].serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{servers[-1].server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture()
