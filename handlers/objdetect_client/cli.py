@@ -92,7 +92,7 @@ def send(names: list[str], args: argparse.Namespace) -> tuple[dict[str, Result],
 
     if args.render:
         args.render.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=len(pending), unit="img", file=sys.stderr, disable=args.quiet, dynamic_ncols=True)
+    bar = tqdm(total=len(pending), unit="img", file=sys.stderr, disable=args.quiet or not pending, dynamic_ncols=True)
     try:
         with contextlib.closing(client.detect_many(pending, args.concurrency, detect=detect_one)) as stream:
             for result in stream:
