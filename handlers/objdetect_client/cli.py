@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import render, sources
+from . import sources
 from .client import DEFAULT_ENDPOINT, Client, Retry
 from .coco import GroundTruth
 from .result import Result
@@ -43,19 +43,14 @@ def detect(args: argparse.Namespace) -> int:
     names = sources.expand([*args.sources, *(sources.read_list(args.list) if args.list else [])])
     if not names:
         raise ValueError("no images: give files, folders, URLs or s3:// prefixes (or --list)")
-    results, status = send(names, args)
-    if args.coco_out:
-        Path(args.coco_out).write_text(json.dumps(truth.detections(results.values())))
-    return status
+    return send(names, args, truth)[1]
 
 
 def evaluate(args: argparse.Namespace) -> int:
     truth = GroundTruth(args.annotations)
-    results, status = send([str(Path(args.images) / name) for name in truth.file_names()], args)
+    results, status = send([str(Path(args.images) / name) for name in truth.file_names()], args, truth)
     if status == 130:
         return status
-    if args.coco_out:
-        Path(args.coco_out).write_text(json.dumps(truth.detections(results.values())))
     labels = {d.label for result in results.values() for d in result.detections}
     if labels and not labels & truth.categories.keys():
         print(f"objdetect-client: none of the model's labels ({', '.join(sorted(labels))}) is a category of "
@@ -65,10 +60,10 @@ def evaluate(args: argparse.Namespace) -> int:
     return status
 
 
-def send(names: list[str], args: argparse.Namespace) -> tuple[dict[str, Result], int]:
+def send(names: list[str], args: argparse.Namespace, truth: GroundTruth | None) -> tuple[dict[str, Result], int]:
     """Detects in every name not already in --out (with --resume), writing each result as it comes,
-    with a progress bar and a summary on stderr. Returns every name's result and the exit status:
-    0, 1 when an image failed, 130 when interrupted."""
+    with a progress bar and a summary on stderr, and --coco-out in `truth`'s ids. Returns every
+    name's result and the exit status: 0, 1 when an image failed, 130 when interrupted."""
     client = Client(args.endpoint, args.model, args.version, args.api_key, args.timeout,
                     Retry(attempts=args.retries + 1))
     options = {"threshold": args.threshold, "classes": args.classes, "max_detections": args.max_detections}
@@ -78,23 +73,12 @@ def send(names: list[str], args: argparse.Namespace) -> tuple[dict[str, Result],
     failures: Counter[str] = Counter()
     started, interrupted = time.monotonic(), False
 
-    def detect_one(name: str) -> Result:
-        if not args.render:
-            return client.detect(name, **options)
-        try:
-            image = sources.read(name)  # a URL too: its render needs the bytes
-        except (OSError, sources.SourceError) as error:
-            return Result(name, error="unreadable", message=str(error))
-        result = client.detect(image, name=name, **options)
-        if result.ok:
-            render.save(image, result, args.render)
-        return result
-
     if args.render:
         args.render.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(pending), unit="img", file=sys.stderr, disable=args.quiet or not pending, dynamic_ncols=True)
     try:
-        with contextlib.closing(client.detect_many(pending, args.concurrency, detect=detect_one)) as stream:
+        stream = client.detect_many(pending, args.concurrency, render_to=args.render, **options)
+        with contextlib.closing(stream):
             for result in stream:
                 results[result.source] = result
                 if out:
@@ -124,6 +108,8 @@ def send(names: list[str], args: argparse.Namespace) -> tuple[dict[str, Result],
     print(f"objdetect-client: {summary}", file=sys.stderr)
     asked = set(names)
     everything = {name: result for name, result in load(out.path).items() if name in asked} if out else results
+    if args.coco_out and not interrupted:
+        Path(args.coco_out).write_text(json.dumps(truth.detections(everything.values())))
     return everything, 130 if interrupted else 1 if failures else 0
 
 

@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import requests
 
-from . import sources
+from . import render, sources
 from .result import Detection, Result
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8080"
@@ -45,34 +45,36 @@ class Client:
         self._local = threading.local()  # a requests.Session per thread: sessions are not thread-safe
 
     def detect(self, image: str | Path | bytes, *, name: str | None = None, threshold: float | None = None,
-               classes: Sequence[str] | None = None, max_detections: int | None = None) -> Result:
+               classes: Sequence[str] | None = None, max_detections: int | None = None,
+               render_to: Path | None = None) -> Result:
         """One image: a file path, an http(s) URL (the server fetches it), an s3:// URL, or bytes.
-        `name` is the Result's source (default: the path or URL). Never raises for a bad image or a
+        `name` is the Result's source (default: the path or URL); `render_to`: a folder where an
+        answered image is saved with its boxes drawn (render.py). Never raises for a bad image or a
         failed request: the Result says what went wrong."""
         options = {key: value for key, value in
                    (("threshold", threshold), ("classes", list(classes) if classes else None),
                     ("max_detections", max_detections)) if value is not None}
         if isinstance(image, bytes):
-            name = name or "<bytes>"
-            return self._send(name, lambda session: session.post(
+            result = self._send(name or "<bytes>", lambda session: session.post(
                 self.url, files={"data": ("image", image)}, data=_form(options), **self._request()))
+            if render_to is not None and result.ok:
+                render.save(image, result, render_to)
+            return result
         name = name or str(image)
-        if sources.is_url(str(image)):
+        if sources.is_url(str(image)) and render_to is None:
             return self._send(name, lambda session: session.post(
                 self.url, json={"url": str(image), **options}, **self._request()))
         try:
-            data = sources.read(str(image))
+            data = sources.read(str(image))  # a URL too when rendering: its render needs the pixels
         except (OSError, sources.SourceError) as error:
             return Result(name, error="unreadable", message=str(error))
-        return self.detect(data, name=name, **options)
+        return self.detect(data, name=name, render_to=render_to, **options)
 
-    def detect_many(self, images: Iterable[str], concurrency: int = 4,
-                    detect: Callable[[str], Result] | None = None, **options) -> Iterator[Result]:
-        """Results as they complete, `concurrency` requests in flight; `detect` replaces self.detect
-        (the CLI's renders too). Closing the iterator early cancels what has not started."""
-        detect = detect or (lambda image: self.detect(image, **options))
+    def detect_many(self, images: Iterable[str], concurrency: int = 4, **options) -> Iterator[Result]:
+        """Results as they complete, `concurrency` requests in flight; `options` as for detect.
+        Closing the iterator early cancels what has not started."""
         with ThreadPoolExecutor(concurrency) as pool:
-            futures = [pool.submit(detect, image) for image in images]
+            futures = [pool.submit(self.detect, image, **options) for image in images]
             try:
                 for future in as_completed(futures):
                     yield future.result()
