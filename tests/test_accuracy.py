@@ -100,12 +100,12 @@ def served_map(server, samples, model: str) -> float:
 
 
 @pytest.mark.slow
-def test_embedded_model_map_at_0_5_on_100_fresh_images_through_the_api(server):
+def test_embedded_model_map_at_0_5_on_100_fresh_images_through_the_api(server, default_settings):
     """On images it never saw, served over HTTP with every speed optimization on (OpenVINO in bf16
     where the CPU has it, else fp32): the measured mAP@0.5 within MAP_MARGIN, and within 0.01 of the
     exact path's."""
     log = (server.log_dir / "model_log.log").read_text()
-    _, runtime = openvino_runtime.choose("openvino", "bf16", torch.device("cpu"))  # "openvino bf16" on such CPUs
+    _, runtime = openvino_runtime.choose(default_settings.runtime, default_settings.cpu_precision, torch.device("cpu"))
     assert f"objdetect detector v1.0 on cpu, runtime {runtime}" in log
     assert "objdetect exact v1.0 on cpu, runtime torch (runtime=torch)" in log
     samples = [synthetic.generate(TEST_SEED + i) for i in range(100)]

@@ -57,7 +57,8 @@ def test_the_parts_saved_in_an_archive_serve_as_the_converted_ones(shapes_model,
                                                                    shapes_openvino_ir):
     loaded = Detector(shapes_model, shapes_labels, default_settings, openvino_ir=shapes_openvino_ir)
     converted = Detector(shapes_model, shapes_labels, default_settings)
-    assert loaded.runtime == converted.runtime == openvino_runtime.choose("openvino", "bf16", torch.device("cpu"))[1]
+    _, runtime = openvino_runtime.choose(default_settings.runtime, default_settings.cpu_precision, torch.device("cpu"))
+    assert loaded.runtime == converted.runtime == runtime
     request = Request({"body": synthetic.encode(synthetic.generate(2_000_000_027).image)})
     answers = [json.loads(detector([request])[0].body)["detections"] for detector in (loaded, converted)]
     assert answers[0] == answers[1] and len(answers[0]) == 6
