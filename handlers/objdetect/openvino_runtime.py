@@ -163,8 +163,7 @@ class _SplitRoIPool(nn.Module):
     def forward(self, features, boxes: list[torch.Tensor], image_sizes):
         if self.pool.scales is None:  # its first call sets its scales: once, not from several threads
             return self.pool(features, boxes, image_sizes)
-        parts = [[chunks[i] for chunks in (image_boxes.tensor_split(self.parts) for image_boxes in boxes)]
-                 for i in range(self.parts)]
+        parts = [list(part) for part in zip(*(image_boxes.tensor_split(self.parts) for image_boxes in boxes))]
         pooled = self._threads.map(lambda part: self.pool(features, part, image_sizes), parts)
         # Each part's result is image-major; the whole's is too, each image's boxes in their order.
         by_part = [result.split([len(chunk) for chunk in part]) for part, result in zip(parts, pooled)]
