@@ -1,5 +1,6 @@
 """Transform and the speed path: what the model would shrink is shrunk early, and nothing moves."""
 
+import copy
 import dataclasses
 import json
 
@@ -12,8 +13,8 @@ from objdetect import synthetic
 from objdetect.decode import DecodedImage
 from objdetect.model_spec import ModelSpec
 from objdetect.pipeline import Detector, Request
-from objdetect.transform import is_sliver, pad_to_aspect, shrink_to_model, to_model_input
-from objdetect_tools.equivalence import calibrated_architecture
+from objdetect.transform import is_sliver, pad_to_aspect, shrink_to_model, skip_identity_resize, to_model_input
+from objdetect_tools.equivalence import calibrated_architecture, synthetic_image
 
 pytestmark = pytest.mark.unit
 
@@ -76,6 +77,30 @@ def test_to_model_input_scales_to_unit_floats():
     pixels = torch.tensor([[[0, 255]], [[51, 102]], [[204, 153]]], dtype=torch.uint8)
     out = to_model_input(pixels, torch.device("cpu"))
     assert out.dtype == torch.float32 and torch.allclose(out, pixels.float() / 255)
+
+
+def test_to_model_input_is_channel_planes_whatever_the_pixels_layout():
+    """Decoded pixels are a channels-last view; the model's normalisation is slow on one."""
+    pixels = torch.randint(0, 256, (48, 64, 3), dtype=torch.uint8).permute(2, 0, 1)  # as decode_image gives
+    out = to_model_input(pixels, torch.device("cpu"))
+    assert not pixels.is_contiguous() and out.is_contiguous() and torch.equal(out, pixels.float() / 255)
+
+
+@pytest.mark.parametrize("model", ["embedded", "mobilenet_320"])
+def test_a_model_sized_image_skips_the_models_resize_with_the_same_results_bit_for_bit(request, shapes_model, model):
+    net = shapes_model if model == "embedded" else request.getfixturevalue("mobilenet_320")
+    fast = skip_identity_resize(copy.deepcopy(net))
+    width, height = ModelSpec.of(net).input_size(640, 480)
+    at_size = synthetic_image(5, (width, height))
+    assert fast.transform.resize(at_size)[0] is at_size
+    for image in (at_size, synthetic_image(6, (640, 480)), synthetic_image(7, (90, 70))):  # shrunk, enlarged
+        assert fast.transform.resize(image)[0].shape[-2:] == net.transform.resize(image)[0].shape[-2:]
+        with torch.inference_mode():
+            ours, theirs = fast([image])[0], net([image])[0]
+        if image is at_size:
+            assert len(theirs["boxes"]), "no detections to compare"
+        for key in ("boxes", "scores", "labels"):
+            assert torch.equal(ours[key], theirs[key]), key
 
 
 def test_a_photo_decoded_small_still_gets_boxes_in_its_own_pixels(shapes_model, shapes_labels, default_settings,

@@ -29,5 +29,10 @@ class ModelSpec:
 
     def input_size(self, width: int, height: int) -> tuple[int, int]:
         """The (width, height) the model resizes a width x height image to."""
-        scale = min(self.min_size / min(width, height), self.max_size / max(width, height))
-        return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
+        return resized_size(width, height, self.min_size, self.max_size)
+
+
+def resized_size(width: int, height: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """The (width, height) GeneralizedRCNNTransform resizes a width x height image to (its arithmetic)."""
+    scale = min(min_size / min(width, height), max_size / max(width, height))
+    return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))

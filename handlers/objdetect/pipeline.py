@@ -35,7 +35,7 @@ from .predict import predict
 from .render import render_jpeg
 from .settings import Settings
 from .telemetry import RequestRecord
-from .transform import is_sliver, pad_to_aspect, shrink_to_model, to_model_input
+from .transform import is_sliver, pad_to_aspect, shrink_to_model, skip_identity_resize, to_model_input
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ class Detector:
                                                      cpu_threads or torch.get_num_threads(), settings.split_roialign)
         else:
             self.model = self._eager(model, settings)
+        skip_identity_resize(self.model)
         self.class_names = class_names
         self.settings = settings
         self.name, self.version = name, version
