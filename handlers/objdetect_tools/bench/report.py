@@ -114,7 +114,8 @@ def _main_row(workload: str, c: int, cell: Cell) -> list[str]:
 
 def _extra_variants(extra: list[str], rows: list[tuple[str, int, Cell]]) -> list[str]:
     columns = [column for v in extra for column in (f"{v} img/s", f"{v} p50 / p99", f"ours/{v} img/s", f"ours/{v} p50")]
-    return ["", "Our handler with optimizations switched off, at the configuration `ours` chose:", "",
+    return ["", "Our handler with optimizations switched off, at the configuration `ours` chose (`ours_again`: "
+            "none off, in a second server: how far two identical servers measure apart in this run):", "",
             *_table(["workload", "c", *columns], "ll" + "r" * len(columns),
                     ([workload, str(c), *(value for v in extra for value in (
                         _throughput(cell.variants.get(v)), _latency(cell.variants.get(v)),
