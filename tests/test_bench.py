@@ -249,7 +249,8 @@ def test_results_round_trip_through_bench_json():
          "stock": results.ConfigSearch({}, {"w1b4": results.ServerFailure("TorchServe exited with 1:")}),
          "ours": results.ConfigSearch({"w1b4": ours.as_candidate()}, {}, deployment),
          "ours_exact": results.ExtraSetup(deployment, {"OBJDETECT_JPEG_DRAFT": "false"},
-                                          results.ServerFailure("model had no READY worker"))},
+                                          results.ServerFailure("model had no READY worker")),
+         results.REFERENCE: results.ExtraSetup(deployment, {})},
         results.ratios({"direct": direct, "ours": ours}, ["ours_exact"]))
     typed = results.Report({"cores": 2}, {"repeats": 1}, {"shapes": {"small": {1: Cell(), 4: cell}}},
                            goals.evaluate({"shapes": {"small": {4: cell}}}), ["a failure"], 12.5)
@@ -263,6 +264,44 @@ def test_results_round_trip_through_bench_json():
     assert entry["config"]["ours_exact"]["failed"] == "model had no READY worker"
     read = results.from_json(json.loads(json.dumps(written)))
     assert read == typed
+
+
+@pytest.mark.unit
+def test_extra_variants_take_turns_with_ours_once_more_and_their_ratios_divide_by_it(monkeypatch):
+    """The control and the switches are compared with ours measured beside them, in the same
+    rounds, not with the `ours` of the configuration search, minutes earlier."""
+    config = results.ServerConfig(1, 1, 10)
+    options = run.Options(models=["shapes"], workloads=["small"], concurrency=[1], repeats=1, seconds=0.0,
+                          min_requests=1, warmup=0, configs=[config], variants=["ours_torch", "ours_again"],
+                          direct_mode="threads", images={"small": 1}, cores=2)
+    bench = run.Bench(options, log=lambda _: None)
+    cell = Cell({"ours": VariantResult(8.0, 125.0, 150.0, 0, 10, {})},
+                {"ours": results.ConfigSearch({}, {}, results.Deployment(config, 2))})
+    calls = []
+
+    def serve_and_measure(model, config, store, archives, keys, servers, local):
+        calls.append((config, keys, servers, local))
+        measured = {results.REFERENCE: 10.0, "ours_torch": 5.0, "ours_again": 12.5}  # img/s
+        return run.Served({variant: {key: VariantResult(rate, 1000 / rate, 2000 / rate, 0, 10, {}) for key in keys}
+                           for variant, rate in measured.items()}, {})
+
+    monkeypatch.setattr(bench, "serve_and_measure", serve_and_measure)
+    bench._extra_variants(None, None, {}, {("small", 1): cell})
+    ((served_config, keys, servers, local),) = calls  # one set of servers, taking turns
+    assert (served_config, keys, local) == (config, [("small", 1)], {})
+    assert servers == {results.REFERENCE: ("ours", {}), "ours_torch": ("ours", {"OBJDETECT_RUNTIME": "torch"}),
+                       "ours_again": ("ours", {})}
+    assert cell.configs[results.REFERENCE] == results.ExtraSetup(results.Deployment(config, 2), {})
+    cell.ratios = results.ratios(cell.variants, options.variants)
+    # 10 / 5 and 10 / 12.5: the reference's rate, not the configuration search's 8
+    assert cell.ratios["throughput_ours_vs_ours_torch"] == 2.0
+    assert cell.ratios["throughput_ours_vs_ours_again"] == 0.8
+    assert cell.ratios["p50_ms_ours_vs_ours_torch"] == 0.5
+    page = report.render_markdown(results.Report({}, {"variants": options.variants},
+                                                 {"shapes": {"small": {1: cell}}}, [], [], 1.0))
+    (row,) = [line for line in page.splitlines() if line.startswith("| small | 1 | 10.0 |")]
+    assert row.split(" | ")[2:] == ["10.0", "100 / 200", "5.00", "200 / 400", "2.00", "0.50",
+                                    "12.5", "80.0 / 160", "0.80", "1.25 |"]
 
 
 def _import_packed(folder, name, monkeypatch):

@@ -28,10 +28,9 @@ def _settings(**values) -> dict[str, str]:
 
 
 # Our handler with some of its optimizations switched off (objdetect settings, by environment):
-# measured at the configuration `ours` chose for the cell, so only the switch differs. ours_again
-# switches nothing off: ours in a second server, the control. Two identical servers differ by up to
-# ~10% on a shared VM (each process's memory is backed differently); a switch's ratio no farther
-# from 1 than ours/ours_again is noise.
+# measured at the configuration `ours` chose for the cell, taking turns with ours once more, so only
+# the switch differs. ours_again switches nothing off: ours in one more server, the control; a
+# switch's ratio no farther from 1 than ours/ours_again is noise.
 EXTRA_VARIANTS: dict[str, dict[str, str]] = {
     "ours_again": {},
     "ours_exact": _settings(**EXACT_PATH),

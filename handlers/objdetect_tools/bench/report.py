@@ -6,7 +6,7 @@ from typing import Iterator
 
 from . import goals
 from .archives import EXTRA_VARIANTS
-from .results import SERVER_KINDS, Cell, ConfigSearch, Report, VariantResult
+from .results import REFERENCE, SERVER_KINDS, Cell, ConfigSearch, Report, VariantResult
 from .results import format_number as num
 
 MARK = {True: "met", False: "**not met**", None: "not measured"}
@@ -113,11 +113,16 @@ def _main_row(workload: str, c: int, cell: Cell) -> list[str]:
 
 
 def _extra_variants(extra: list[str], rows: list[tuple[str, int, Cell]]) -> list[str]:
-    columns = [column for v in extra for column in (f"{v} img/s", f"{v} p50 / p99", f"ours/{v} img/s", f"ours/{v} p50")]
-    return ["", "Our handler with optimizations switched off, at the configuration `ours` chose (`ours_again`: "
-            "none off, in a second server: how far two identical servers measure apart in this run):", "",
+    columns = [f"{REFERENCE} img/s", f"{REFERENCE} p50 / p99",
+               *(column for v in extra for column in (f"{v} img/s", f"{v} p50 / p99", f"ours/{v} img/s",
+                                                      f"ours/{v} p50"))]
+    return ["", f"Our handler with optimizations switched off, at the configuration `ours` chose, each in its own "
+            f"server, taking turns with `{REFERENCE}` (ours once more, in one more server), which the ratios "
+            "divide by; `ours_again` switches nothing off: how far two identical servers, side by side, measure "
+            "apart in this run:", "",
             *_table(["workload", "c", *columns], "ll" + "r" * len(columns),
-                    ([workload, str(c), *(value for v in extra for value in (
+                    ([workload, str(c), _throughput(cell.variants.get(REFERENCE)),
+                      _latency(cell.variants.get(REFERENCE)), *(value for v in extra for value in (
                         _throughput(cell.variants.get(v)), _latency(cell.variants.get(v)),
                         num(cell.ratios.get(f"throughput_ours_vs_{v}")), num(cell.ratios.get(f"p50_ms_ours_vs_{v}"))))]
                      for workload, c, cell in rows))]

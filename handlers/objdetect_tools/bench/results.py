@@ -14,6 +14,9 @@ from typing import Any
 
 SERVER_KINDS = ("stock", "ours")  # the variants whose configuration is searched; extras run at ours'
 LOCAL_KINDS = ("direct", "openvino_direct")  # the model in the benchmark's process, no server
+# Ours once more, measured in turn with the extra variants at ours' configuration: what their ratios
+# divide by, so that each ratio compares servers that took turns, not runs minutes apart.
+REFERENCE = "ours_reference"
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,8 @@ class ConfigSearch:
 
 @dataclass(frozen=True)
 class ExtraSetup:
-    """An extra variant: our handler with switches off by `env`, at the deployment ours chose."""
+    """An extra variant (our handler with switches off by `env`) or REFERENCE (`env` empty), at the
+    deployment ours chose."""
 
     deployment: Deployment
     env: dict[str, str]
@@ -152,17 +156,19 @@ class Report:
 
 def ratios(variants: dict[str, VariantResult], extra_variants: tuple[str, ...] | list[str] = ()) -> dict:
     """ours over stock, direct and openvino_direct for throughput (higher is better) and p50/p99
-    (lower is better); ours/extra for throughput and p50."""
-    def ratio(variant: str, metric: str) -> float | None:
-        ours, other = variants.get("ours"), variants.get(variant)
+    (lower is better); for throughput and p50, ours over each extra variant, as REFERENCE measured
+    ours beside them."""
+    def ratio(ours_as: str, variant: str, metric: str) -> float | None:
+        ours, other = variants.get(ours_as), variants.get(variant)
         if ours is None or other is None or getattr(ours, metric) is None or not getattr(other, metric):
             return None  # e.g. stock answered nothing
         return round(getattr(ours, metric) / getattr(other, metric), 3)
 
-    out = {f"{metric}_ours_vs_{variant}": ratio(variant, metric)
+    out = {f"{metric}_ours_vs_{variant}": ratio("ours", variant, metric)
            for variant in ("stock", *LOCAL_KINDS) for metric in ("throughput", "p50_ms", "p99_ms")}
     for variant in extra_variants:
-        out.update({f"{metric}_ours_vs_{variant}": ratio(variant, metric) for metric in ("throughput", "p50_ms")})
+        out.update({f"{metric}_ours_vs_{variant}": ratio(REFERENCE, variant, metric)
+                    for metric in ("throughput", "p50_ms")})
     return out
 
 

@@ -18,8 +18,8 @@ from objdetect_serving.torchserve import Ports, ServerError, TorchServe
 from .archives import EXTRA_VARIANTS, Archive, build_ours, build_stock, candidates
 from .load import ANSWER_CHECKS, Answers, Send, closed_loop, direct_sender, http_sender, median_of_runs, workload_images
 from .models import BenchModel, prepare_model
-from .results import (SERVER_KINDS, Cell, ConfigSearch, Deployment, DirectSetup, ExtraSetup, Results, RunSummary,
-                      ServerConfig, ServerFailure, VariantResult, ratios)
+from .results import (REFERENCE, SERVER_KINDS, Cell, ConfigSearch, Deployment, DirectSetup, ExtraSetup, Results,
+                      RunSummary, ServerConfig, ServerFailure, VariantResult, ratios)
 
 CellKey = tuple[str, int]  # workload, concurrency
 MakeSender = Callable[[Answers], Send]  # a variant's sender, noting what it got in the Answers given
@@ -131,21 +131,21 @@ class Bench:
                                                   failed, chosen)
 
     def _extra_variants(self, model: BenchModel, store: Path, archives: dict, cells: dict[CellKey, Cell]) -> None:
-        """Our handler with switches off, at the configuration `ours` chose per cell."""
+        """Our handler with switches off, at the configuration `ours` chose per cell, taking turns
+        with ours once more (REFERENCE), which their ratios divide by."""
         by_config: dict[ServerConfig, list[CellKey]] = {}
         for key, cell in cells.items():
             chosen = cell.configs["ours"].chosen
             if chosen:
                 by_config.setdefault(chosen.config, []).append(key)
+        servers = {variant: ("ours", EXTRA_VARIANTS.get(variant, {})) for variant in (REFERENCE, *self.o.variants)}
         for config, keys in by_config.items():
-            served = self.serve_and_measure(model, config, store, archives, keys,
-                                            {v: ("ours", EXTRA_VARIANTS[v]) for v in self.o.variants}, {})
-            for variant in self.o.variants:
+            served = self.serve_and_measure(model, config, store, archives, keys, servers, {})
+            for variant, (_, env) in servers.items():
                 for key in keys:
                     if variant in served.measured:
                         cells[key].variants[variant] = served.measured[variant][key]
-                    cells[key].configs[variant] = ExtraSetup(self._deployment(config), EXTRA_VARIANTS[variant],
-                                                             served.failed.get(variant))
+                    cells[key].configs[variant] = ExtraSetup(self._deployment(config), env, served.failed.get(variant))
 
     def _deployment(self, config: ServerConfig) -> Deployment:
         return Deployment(config, config.threads(self.o.cores))
