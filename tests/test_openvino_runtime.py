@@ -54,35 +54,15 @@ def test_fp32_equals_torchvisions_forward_pass_at_every_size(model_name, shapes_
 
 
 def test_a_batch_of_several_sizes_equals_torchvisions_forward_pass(shapes_model):
-    # The split RoIAlign puts each image's boxes back in its own place: a batch is answered as its images are.
+    # The gathered RoIAlign pools each image's boxes from its own features: a batch is answered as its images are.
     batch = images(len(SIZES))[:5]
     fast = openvino_runtime.accelerate(shapes_model, *openvino_runtime.convert(shapes_model, torch.rand(3, 480, 640)),
                                        "fp32", threads=3)
     with torch.inference_mode():
-        fast([batch[0]])  # the first call sets RoIAlign's scales unsplit; later ones split
+        fast([batch[0]])  # the first call sets RoIAlign's scales with torchvision's pool; later ones gather
         got, expected = fast(batch), shapes_model(batch)
     assert [unmatched(g, e, shapes_model) for g, e in zip(got, expected)] == [[]] * len(batch)
     assert sum(len(e["scores"]) for e in expected) >= 10
-
-
-@pytest.mark.parametrize("threads", [2, 3])
-def test_split_roialign_equals_the_unsplit_one_box_for_box(shapes_model, threads):
-    pool = shapes_model.roi_heads.box_roi_pool
-    split = openvino_runtime._SplitRoIPool(pool, threads)
-    generator = torch.Generator().manual_seed(3)
-    sizes = [(480, 640), (320, 320), (600, 200)]
-    features = {name: torch.rand(len(sizes), 8, 600 // stride, 640 // stride, generator=generator)
-                for name, stride in zip(pool.featmap_names, (4, 8, 16, 32))}
-
-    def boxes(count, h, w):  # of every size, so every pyramid level pools some
-        corner = torch.rand(count, 2, generator=generator) * torch.tensor([w, h]) * 0.8
-        return torch.cat([corner, corner + 4 + torch.rand(count, 2, generator=generator) * 300], 1)
-
-    with torch.inference_mode():
-        pool(features, [boxes(4, *sizes[0])], sizes[:1])  # sets the scales
-        for counts in [(100, 37, 5), (0, 1, 2), (0, 0, 0), (1, 0, 0)]:
-            per_image = [boxes(count, h, w) for count, (h, w) in zip(counts, sizes)]
-            assert torch.equal(split(features, per_image, sizes), pool(features, per_image, sizes)), counts
 
 
 def test_the_parts_saved_in_an_archive_serve_as_the_converted_ones(shapes_model, shapes_labels, default_settings,

@@ -2,12 +2,13 @@
 
 OpenVINO runs what is convolutions and matrix products: the backbone with its FPN, the RPN head,
 and the box head with the box predictor. torchvision runs the rest, unchanged: the transform
-(resize, normalise, pad), anchors, proposal decoding and NMS, RoIAlign, box postprocessing. Those
-are the steps that compute sizes in Python or have data-dependent shapes, which a traced graph
-would freeze (whole-model exports gave wrong boxes at sizes other than the one exported); the
-parts converted here have none, and are converted with dynamic batch, height, width and box
-count, so no image size is baked in. The result equals `model(images)` up to float rounding in
-fp32 (tests/test_openvino_runtime.py, over 100+ sizes), and moves a little in bf16.
+(resize, normalise, pad), anchors, proposal decoding and NMS, box postprocessing; and RoIAlign,
+as one weighted gather (objdetect/roi_align.py). Those are the steps that compute sizes in Python
+or have data-dependent shapes, which a traced graph would freeze (whole-model exports gave wrong
+boxes at sizes other than the one exported); the parts converted here have none, and are
+converted with dynamic batch, height, width and box count, so no image size is baked in. The
+result equals `model(images)` up to float rounding in fp32 (tests/test_openvino_runtime.py, over
+100+ sizes), and moves a little in bf16.
 
 Conversion traces the parts once (seconds), so archives carry them as OpenVINO IR
 (`convert` + `save` at `make mar`); a worker only reads and compiles them (a fraction of a second).
@@ -20,12 +21,13 @@ import json
 import threading
 import warnings
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
+
+from .roi_align import GatherRoIAlign
 
 IR_FOLDER = "openvino"  # in an archive: <part>.xml/.bin and parts.json
 PRECISIONS = {"fp32": "f32", "bf16": "bf16"}  # our setting -> OpenVINO's INFERENCE_PRECISION_HINT
@@ -146,35 +148,11 @@ class _PassPair(nn.Module):
         return pair
 
 
-class _SplitRoIPool(nn.Module):
-    """torchvision's MultiScaleRoIAlign over the boxes split in `threads` parts, pooled side by side.
-
-    Its CPU kernel runs on one thread (about 20 ms of a 640x480 image's pass, while OpenVINO's
-    threads wait); each box's result depends on that box alone and torch releases the GIL, so the
-    parts' results, put back in the boxes' order, are the unsplit call's exactly.
-    """
-
-    def __init__(self, pool: nn.Module, threads: int):
-        super().__init__()
-        self.pool = pool
-        self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="objdetect-roialign")
-        self.parts = threads
-
-    def forward(self, features, boxes: list[torch.Tensor], image_sizes):
-        if self.pool.scales is None:  # its first call sets its scales: once, not from several threads
-            return self.pool(features, boxes, image_sizes)
-        parts = [list(part) for part in zip(*(image_boxes.tensor_split(self.parts) for image_boxes in boxes))]
-        pooled = self._threads.map(lambda part: self.pool(features, part, image_sizes), parts)
-        # Each part's result is image-major; the whole's is too, each image's boxes in their order.
-        by_part = [result.split([len(chunk) for chunk in part]) for part, result in zip(parts, pooled)]
-        return torch.cat([piece[image] for image in range(len(boxes)) for piece in by_part])
-
-
 def accelerate(model: nn.Module, models: dict, wiring: dict, precision: str, threads: int,
-               split_roialign: bool = True) -> nn.Module:
+               gather_roialign: bool = True) -> nn.Module:
     """A copy of `model` whose backbone, RPN head and box head run the compiled OpenVINO `models`,
-    at `precision` ("fp32" or "bf16") on `threads` CPU threads; with `split_roialign`, its RoIAlign
-    on as many."""
+    at `precision` ("fp32" or "bf16") on `threads` CPU threads; with `gather_roialign`, its RoIAlign
+    as one weighted gather (objdetect/roi_align.py)."""
     import openvino as ov
 
     # No CPU pinning: each worker process would pin its threads from core 0 up, not knowing of the
@@ -190,6 +168,6 @@ def accelerate(model: nn.Module, models: dict, wiring: dict, precision: str, thr
     fast.rpn.head = _Part(compiled["rpn"], lambda outs: (outs[: len(outs) // 2], outs[len(outs) // 2:]))
     fast.roi_heads.box_head = _Part(compiled["box_head"], tuple)
     fast.roi_heads.box_predictor = _PassPair()
-    if split_roialign and threads > 1:
-        fast.roi_heads.box_roi_pool = _SplitRoIPool(fast.roi_heads.box_roi_pool, threads)
+    if gather_roialign:
+        fast.roi_heads.box_roi_pool = GatherRoIAlign(fast.roi_heads.box_roi_pool)
     return fast

@@ -77,7 +77,7 @@ class Detector:
                 openvino_runtime.convert(model, torch.rand(3, 480, 640))
             # A copy: the caller's model stays as it was. Its remaining torch parts have no convolutions.
             self.model = openvino_runtime.accelerate(model, *parts, self.openvino_precision,
-                                                     cpu_threads or torch.get_num_threads(), settings.split_roialign)
+                                                     cpu_threads or torch.get_num_threads(), settings.gather_roialign)
         else:
             self.model = self._eager(model, settings)
         skip_identity_resize(self.model)

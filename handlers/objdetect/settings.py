@@ -64,9 +64,9 @@ class Settings:
     # the fastest measured (README "Performance"); without OpenVINO installed, torch.
     runtime: str = "openvino"
     cpu_precision: str = "bf16"
-    # With OpenVINO on several threads: RoIAlign (torchvision's CPU kernel, one thread) pools the
-    # boxes in as many parts side by side, while OpenVINO's threads wait; results are unchanged.
-    split_roialign: bool = True
+    # With OpenVINO: RoIAlign runs as one weighted gather over every level (objdetect/roi_align.py),
+    # not torchvision's one-thread CPU kernel level by level; results equal to float rounding.
+    gather_roialign: bool = True
     # A worker refuses to start without a usable GPU (on in the ECS task definition): a GPU
     # instance whose driver or device is broken fails its health check and is replaced, rather
     # than serving from its CPU at a tenth of the speed.

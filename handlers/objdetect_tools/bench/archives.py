@@ -36,7 +36,7 @@ EXTRA_VARIANTS: dict[str, dict[str, str]] = {
     "ours_exact": _settings(**EXACT_PATH),
     "ours_torch": _settings(runtime="torch"),
     "ours_fp32": _settings(cpu_precision="fp32"),
-    "ours_unsplit_roialign": _settings(split_roialign=False),
+    "ours_torchvision_roialign": _settings(gather_roialign=False),
     "ours_no_draft": _settings(jpeg_draft=False),
     "ours_no_pre_resize": _settings(pre_resize=False),
     "ours_no_channels_last": _settings(channels_last=False),

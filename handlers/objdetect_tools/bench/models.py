@@ -57,5 +57,5 @@ def prepare_model(name: str, workdir: Path) -> BenchModel:
     precision, runtime = openvino_runtime.choose(defaults.runtime, defaults.cpu_precision, torch.device("cpu"))
     accelerated = openvino_runtime.accelerate(module, *openvino_runtime.convert(module, torch.full((3, 480, 640), 0.5)),
                                               precision, len(os.sched_getaffinity(0)),
-                                              defaults.split_roialign) if precision else None
+                                              defaults.gather_roialign) if precision else None
     return BenchModel(name, labels, weights, note, module, accelerated, runtime)
