@@ -34,7 +34,7 @@ class GatherRoIAlign(nn.Module):
             return self.pool(features, boxes, image_sizes)
         levels = [features[name] for name in features if name in self.pool.featmap_names]
         rois = torch.cat(boxes)
-        image = torch.cat([torch.full((len(b),), i, dtype=torch.long) for i, b in enumerate(boxes)])
+        image = torch.repeat_interleave(torch.arange(len(boxes)), torch.tensor([len(b) for b in boxes]))
         level = self.pool.map_levels(boxes) if len(levels) > 1 else torch.zeros(len(rois), dtype=torch.long)
         return pool_rows(levels, self.pool.scales, rois, image, level, self.pool.output_size,
                          self.pool.sampling_ratio)
