@@ -180,7 +180,8 @@ class Detector:
             log.exception("a forward pass of %d images failed; running them one by one", len(ready))
             predicted = [self._predict_alone(outcome) for outcome in ready]
         predict_ms = _ms_since(clock)
-        log.info("batch of %d requests: %d images predicted in %.1f ms", len(outcomes), len(ready), predict_ms)
+        # Debug only: every request's own log line already carries its batch_size and predict_ms.
+        log.debug("batch of %d requests: %d images predicted in %.1f ms", len(outcomes), len(ready), predict_ms)
         answered = iter(outcome.timed("predict", predict_ms, batch_size=len(ready)) for outcome in predicted)
         return [outcome if outcome.error else next(answered) for outcome in outcomes]
 
