@@ -15,6 +15,7 @@ from ts.metrics.metric_cache_errors import MetricsCacheKeyError
 from ts.metrics.metric_type_enum import MetricTypes
 
 from objdetect import telemetry
+from objdetect.allocator import keep_freed_memory
 from objdetect.drain import Drain
 from objdetect.pipeline import Detector, Request
 from objdetect.predict import choose_device, gpu_readings
@@ -39,6 +40,8 @@ class DetectorHandler:
     def initialize(self, context):
         properties, config = context.system_properties, context.model_yaml_config
         settings = Settings.load(config.get("handler"), os.environ)
+        # This process serves this model alone: its allocator is set for it before the model loads.
+        malloc = "freed memory kept" if settings.keep_freed_memory and keep_freed_memory() else "malloc as it was"
         # Intra-op threads: the cores shared among this model's workers, so they do not oversubscribe.
         workers = max(1, int(config.get("maxWorkers", 1)))
         threads = settings.torch_threads or max(1, len(os.sched_getaffinity(0)) // workers)
@@ -57,8 +60,8 @@ class DetectorHandler:
             torch.set_num_threads(1)
         self.metrics, self.cloudwatch_namespace = context.metrics, settings.cloudwatch_namespace
         warm_up_ms = self.detector.warm_up()  # TorchServe routes requests here only once this returns
-        log.info("objdetect %s v%s on %s, runtime %s, %d threads, warmed up in %.0f ms, settings %s",
-                 context.model_name, version, device, self.detector.runtime, threads, warm_up_ms, settings)
+        log.info("objdetect %s v%s on %s, runtime %s, %d threads, %s, warmed up in %.0f ms, settings %s",
+                 context.model_name, version, device, self.detector.runtime, threads, malloc, warm_up_ms, settings)
         self.initialized = True
 
     def handle(self, data, context):

@@ -67,6 +67,9 @@ class Settings:
     # With OpenVINO: RoIAlign runs as one weighted gather over every level (objdetect/roi_align.py),
     # not torchvision's one-thread CPU kernel level by level; results equal to float rounding.
     gather_roialign: bool = True
+    # The worker's malloc keeps up to 64 MiB of freed memory mapped, so a request's tensors do not
+    # fault their pages back in on every request (objdetect/allocator.py; glibc only).
+    keep_freed_memory: bool = True
     # A worker refuses to start without a usable GPU (on in the ECS task definition): a GPU
     # instance whose driver or device is broken fails its health check and is replaced, rather
     # than serving from its CPU at a tenth of the speed.

@@ -37,6 +37,7 @@ EXTRA_VARIANTS: dict[str, dict[str, str]] = {
     "ours_torch": _settings(runtime="torch"),
     "ours_fp32": _settings(cpu_precision="fp32"),
     "ours_torchvision_roialign": _settings(gather_roialign=False),
+    "ours_default_malloc": _settings(keep_freed_memory=False),
     "ours_no_draft": _settings(jpeg_draft=False),
     "ours_no_pre_resize": _settings(pre_resize=False),
     "ours_no_channels_last": _settings(channels_last=False),

@@ -165,7 +165,9 @@ def _how_it_is_measured(settings: dict) -> list[str]:
         "- Same model, weights, images and machine for all; one `make bench` run.",
         "- `direct`: PIL decode -> `pil_to_tensor` -> float / 255 -> `model([tensor])` under `torch.inference_mode`, "
         f"in the benchmark process, no server (mode `{settings.get('direct_mode', 'threads')}`: at concurrency N, "
-        "N threads share the model; `serial`: they queue for one loop), torch on every core.",
+        "N threads share the model; `serial`: they queue for one loop), torch on every core. The benchmark "
+        "process sets its malloc as our workers do (`objdetect.allocator`), so neither local variant is slower "
+        "for want of it.",
         "- `openvino_direct`: the same loop with the model's backbone, RPN head and box head in OpenVINO, as our "
         "workers run them (`objdetect.openvino_runtime`; OpenVINO on every core, torch on one thread): "
         + "; ".join(f"{model}: {runtime}" for model, runtime in settings.get("openvino_direct", {}).items())

@@ -12,6 +12,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
+from objdetect.allocator import keep_freed_memory
 from objdetect.settings import ENV_PREFIX
 from objdetect_serving.torchserve import Ports, ServerError, TorchServe
 
@@ -72,6 +73,7 @@ class Bench:
         return [(w, c) for w in self.o.workloads for c in self.o.concurrency]
 
     def run(self) -> Results:
+        keep_freed_memory()  # direct and openvino_direct run here: with the allocator our workers set
         results = {}
         with tempfile.TemporaryDirectory(prefix="objdetect-bench-") as workdir:
             for name in self.o.models:
