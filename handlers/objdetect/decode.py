@@ -67,7 +67,8 @@ def decode_image(data: bytes, max_pixels: int,
                 width, height = height, width
             if used_size is not None and image.format == "JPEG":
                 image.draft("RGB", used_size(*image.size))
-            rgb = _to_rgb(ImageOps.exif_transpose(image))
+            ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of the pixels when upright
+            rgb = _to_rgb(image)
         except Exception as error:
             raise RequestError("corrupt_image", f"the image is truncated or corrupt: {error}") from None
     pixels = torch.from_numpy(rgb).permute(2, 0, 1)  # a view: no copy
@@ -87,7 +88,7 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
         matte = Image.new("RGBA", rgba.size, _MATTE + (255,))
         return np.array(Image.alpha_composite(matte, rgba).convert("RGB"))
     # np.array, not asarray: Pillow hands out read-only memory, and tensors want it writable.
-    return np.array(image.convert("RGB"))
+    return np.array(image if image.mode == "RGB" else image.convert("RGB"))
 
 
 def _check_pixels(width: int, height: int, max_pixels: int) -> None:

@@ -122,7 +122,8 @@ class Detector:
 
     def __call__(self, requests: list[Request]) -> list[Response]:
         started = time.perf_counter()
-        outcomes = list(self._readers.map(self._read, requests))  # input -> decode, each request alone
+        # input -> decode, each request alone; a lone one here, not handed to a reader and waited for.
+        outcomes = [self._read(requests[0])] if len(requests) == 1 else list(self._readers.map(self._read, requests))
         outcomes = [self._transform(outcome) for outcome in outcomes]  # transform
         outcomes = self._predict(outcomes)  # predict: one forward pass for all
         return [self._respond(outcome, started) for outcome in outcomes]  # postprocess -> response
