@@ -3,8 +3,8 @@
 `Detector` answers a batch of requests the way TorchServe hands them over. Each request travels
 as an `Outcome`: what it has become so far, or the error that ended it, which every later step
 passes through untouched (so a bad request gets its own 4xx, and the others are answered).
-Requests are read and decoded in threads (Pillow and the network release the GIL); the good
-ones then share one forward pass whatever their sizes.
+A batch's requests are read and decoded in threads (Pillow and the network release the GIL), a
+lone request in the batch's own thread; the good ones then share one forward pass whatever their sizes.
 """
 
 from __future__ import annotations
