@@ -4,6 +4,7 @@ import base64
 import contextlib
 import http.server
 import io
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -129,7 +130,11 @@ def test_images_of_different_sizes_share_a_batch(server):
         responses = list(pool.map(lambda s: predict(server, encode(s.image)), samples))
     for response, sample in zip(responses, samples):
         assert_detects(response, sample)
-    assert "batch of 4 requests: 4 images predicted" in model_log_since(server, offset, "batch of 4 requests")
+    ids = [response.headers["X-Request-Id"] for response in responses]
+    for request_id in ids:  # each request's JSON log line names the forward pass it shared
+        log = model_log_since(server, offset, request_id)
+    lines = [json.loads(line[line.index("{"):]) for line in log.splitlines() if '{"request_id"' in line]
+    assert {line["request_id"]: line["batch_size"] for line in lines if line["request_id"] in ids} == dict.fromkeys(ids, 4)
 
 
 def first_half_of_a_jpeg(sample, _) -> bytes:

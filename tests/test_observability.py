@@ -94,3 +94,33 @@ def test_one_json_line_per_request_with_timings_and_size_and_no_key_or_image(ser
     assert "test-key" not in raw and base64.b64encode(image).decode()[:40] not in raw
     # The frontend's echo of each metric line is not in its log.
     assert "result=[METRICS]objdetect" not in raw
+
+
+# What TorchServe's frontend and worker would log for every request but for log4j2.xml's filters.
+PER_REQUEST_CHATTER = ("Backend received inference", "Looping backend response", "Sending response for jobId",
+                       "Backend response time", "Flushing req.cmd", "Waiting time ns")
+
+
+def test_a_request_leaves_two_lines_on_stdout_its_json_line_and_the_access_logs(server):
+    out = server.workdir / "torchserve.out"
+    offset = out.stat().st_size
+    image = synthetic.encode(synthetic.generate(2_000_000_027).image)
+    ids = [requests.post(f"{server.url()}/predictions/exact", data=image, timeout=60).headers["X-Request-Id"]
+           for _ in range(3)]
+
+    def since() -> list[str]:
+        with open(out, "rb") as file:
+            file.seek(offset)
+            return file.read().decode(errors="replace").splitlines()
+
+    def all_logged() -> list[str] | None:
+        lines = since()
+        return lines if all(any(i in line for line in lines) for i in ids) else None
+
+    lines = until(all_logged)
+    assert [sum(i in line for line in lines) for i in ids] == [1, 1, 1]
+    assert sum('"POST /predictions/exact HTTP/1.1" 200' in line for line in lines) == 3
+    assert not [line for line in lines if any(words in line for words in PER_REQUEST_CHATTER)]
+    ts_log = (server.log_dir / "ts_log.log").read_text(errors="replace")
+    assert not any(words in ts_log for words in PER_REQUEST_CHATTER)
+    assert ts_log.count("Torchserve version:") == 1  # the frontend's own lines, once each (were twice)
