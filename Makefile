@@ -90,7 +90,7 @@ fuzz: $(INSTALLED)
 	$(PY) scripts/fuzz.py --seconds $(SECONDS)
 
 # Side by side on this machine: direct (no server), TorchServe's stock object_detector, ours.
-# Writes reports/bench.json and docs/benchmarks.md (about 27 minutes; BENCH_ARGS=--quick for a smoke run).
+# Writes reports/bench.json and docs/benchmarks.md (about 40 minutes with two extra variants; BENCH_ARGS=--quick for a smoke run).
 BENCH_ARGS ?=
 bench: $(INSTALLED)
 	$(PY) scripts/bench.py $(BENCH_ARGS)

@@ -1,6 +1,6 @@
 """`make bench`: our handler beside TorchServe's stock object_detector and the bare model, in one run.
 
-    python scripts/bench.py                              # the full run (about 27 minutes on 2 cores)
+    python scripts/bench.py                              # the full run (40 min on 2 cores with two variants)
     python scripts/bench.py --quick                      # a smoke run of a minute or two (tests/test_bench.py)
     python scripts/bench.py --variants ours_exact        # also our handler with its optimizations off (exact path)
     python scripts/bench.py --markdown-only              # rewrite docs/benchmarks.md from reports/bench.json
