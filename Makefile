@@ -18,7 +18,7 @@ METRICS_PORT ?= 8082
 GRPC_INFERENCE_PORT ?= 7070
 GRPC_MANAGEMENT_PORT ?= 7071
 
-.PHONY: setup serve mar test test-unit train-embedded clean image image-test loadtest soak bench gpu-check fuzz
+.PHONY: setup serve mar test test-unit train-embedded clean image image-test cold-start loadtest soak bench gpu-check fuzz
 
 setup: $(INSTALLED) $(CHECKOV)
 
@@ -69,6 +69,11 @@ image: $(INSTALLED)
 # with inside, SIGTERM); prints the sizes and the cold start.
 image-test: $(INSTALLED) $(CHECKOV)
 	$(PY) scripts/image_test.py
+
+# Server start to first answered prediction, per CPU runtime, on loopback (no container); and what
+# compiling the archive's OpenVINO parts costs, with and without OpenVINO's model cache. Minutes.
+cold-start: $(INSTALLED)
+	$(PY) scripts/cold_start.py
 
 # Load test with locust (headless) against HOST, or a local server started for the run; the
 # report lands in reports/loadtest-<timestamp>/. `make soak` runs at a fixed rate and watches memory.

@@ -8,6 +8,7 @@ process and `handle` once per batch; this is the only code that knows TorchServe
 import json
 import logging
 import os
+import time
 from http import HTTPStatus
 
 import torch
@@ -52,16 +53,19 @@ class DetectorHandler:
             # kernel per input shape (the model pads its batches to multiples of 32, bounding the shapes).
             torch.backends.cudnn.benchmark = True
         version = context.manifest["model"].get("modelVersion", "1.0")
+        loading = time.perf_counter()  # reading the archive's model (and compiling its OpenVINO parts)
         self.detector = Detector.load(properties["model_dir"], settings, device, context.model_name, version,
                                       readers=int(config.get("batchSize", 1)), cpu_threads=threads)
+        load_ms = (time.perf_counter() - loading) * 1000
         if self.detector.openvino_precision:
             # OpenVINO computes on its own threads; torch's small parts run between its calls, and
             # torch's idle OpenMP threads, spinning on the same cores, slow OpenVINO down.
             torch.set_num_threads(1)
         self.metrics, self.cloudwatch_namespace = context.metrics, settings.cloudwatch_namespace
         warm_up_ms = self.detector.warm_up()  # TorchServe routes requests here only once this returns
-        log.info("objdetect %s v%s on %s, runtime %s, %d threads, %s, warmed up in %.0f ms, settings %s",
-                 context.model_name, version, device, self.detector.runtime, threads, malloc, warm_up_ms, settings)
+        log.info("objdetect %s v%s on %s, runtime %s, %d threads, %s, loaded in %.0f ms, warmed up in %.0f ms, "
+                 "settings %s", context.model_name, version, device, self.detector.runtime, threads, malloc, load_ms,
+                 warm_up_ms, settings)
         self.initialized = True
 
     def handle(self, data, context):

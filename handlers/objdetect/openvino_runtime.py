@@ -125,6 +125,15 @@ def load(folder: Path) -> tuple[dict, dict]:
     return {part: core.read_model(folder / f"{part}.xml") for part in PARTS}, wiring
 
 
+def cpu_config(precision: str, threads: int) -> dict:
+    """How a worker compiles the parts for the CPU: at `precision` ("fp32" or "bf16"), on `threads`."""
+    # No CPU pinning: each worker process would pin its threads from core 0 up, not knowing of the
+    # others, so two workers of one thread each shared core 0 (measured: 60 ms per image each, 44-49
+    # unpinned; one process alone, 44 either way).
+    return {"INFERENCE_PRECISION_HINT": PRECISIONS[precision], "INFERENCE_NUM_THREADS": threads,
+            "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "ENABLE_CPU_PINNING": False}
+
+
 class _Part(nn.Module):
     """One compiled OpenVINO model in a torchvision module's place: torch tensors in and out."""
 
@@ -155,13 +164,9 @@ def accelerate(model: nn.Module, models: dict, wiring: dict, precision: str, thr
     as one weighted gather (objdetect/roi_align.py)."""
     import openvino as ov
 
-    # No CPU pinning: each worker process would pin its threads from core 0 up, not knowing of the
-    # others, so two workers of one thread each shared core 0 (measured: 60 ms per image each, 44-49
-    # unpinned; one process alone, 44 either way).
-    config = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision], "INFERENCE_NUM_THREADS": threads,
-              "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "ENABLE_CPU_PINNING": False}
     core = ov.Core()
-    compiled = {part: core.compile_model(ov_model, "CPU", config) for part, ov_model in models.items()}
+    compiled = {part: core.compile_model(ov_model, "CPU", cpu_config(precision, threads))
+                for part, ov_model in models.items()}
     fast = copy.deepcopy(model).eval()
     names = wiring["features"]
     fast.backbone = _Part(compiled["backbone"], lambda outs: OrderedDict(zip(names, outs)))

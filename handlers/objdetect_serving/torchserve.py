@@ -88,6 +88,18 @@ class TorchServe:
 
     def start(self, ready_timeout_s: float = 180) -> "TorchServe":
         """Raises ServerError when TorchServe finds no Java runtime, exits or has no READY worker in time."""
+        self.launch()
+        try:
+            for name in self.models:
+                self.wait_ready(name, ready_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def launch(self) -> "TorchServe":
+        """Starts TorchServe and returns at once, before it listens (start() waits for its workers).
+        Raises ServerError when it finds no Java runtime."""
         try:
             java = java_environment({**os.environ, **self.env})
         except JavaNotFound as error:
@@ -112,12 +124,6 @@ class TorchServe:
         with open(self.workdir / "torchserve.out", "wb") as out:
             self.process = subprocess.Popen(command, cwd=self.workdir, env=env, stdout=None if self.console else out,
                                             stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            for name in self.models:
-                self.wait_ready(name, ready_timeout_s)
-        except BaseException:
-            self.stop()
-            raise
         return self
 
     def wait_ready(self, model: str, timeout_s: float = 180) -> None:

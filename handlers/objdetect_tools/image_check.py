@@ -14,14 +14,12 @@ import subprocess
 import time
 from pathlib import Path
 
-import requests
-
 from objdetect import synthetic
 
 from . import containers
+from .cold_start import SAMPLE_SEED, first_prediction
 
 NAME = "objdetect-image-test"
-SAMPLE_SEED = 2_000_000_027  # an image the embedded model gets exactly right (the API tests use it too)
 # Measured: a build from scratch grows the disk by up to 26 GB at its peak (the venv layer is written
 # as a container, a layer and a copy in the runtime stage); about 5 GB of it stays.
 NEEDED_FREE_GB = 30
@@ -62,16 +60,7 @@ def main() -> int:
     try:
         sample = synthetic.generate(SAMPLE_SEED)
         image = synthetic.encode(sample.image)
-        answer, cold_start = None, None
-        while time.monotonic() - started < 120:
-            try:
-                answer = requests.post(f"http://127.0.0.1:{port}/predictions/detector", data=image, timeout=30)
-                if answer.status_code == 200:
-                    cold_start = time.monotonic() - started
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
+        cold_start, answer = first_prediction(f"http://127.0.0.1:{port}/predictions/detector", image, started)
         check(cold_start is not None, f"first prediction {cold_start:.1f} s after `{tool} run`" if cold_start
               else "no successful prediction within 120 s")
         if answer is not None and answer.status_code == 200:

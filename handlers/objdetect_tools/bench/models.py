@@ -32,11 +32,11 @@ class BenchModel:
     openvino_runtime: str  # what openvino_direct runs (or why it does not), for the report
 
 
-def prepare_model(name: str, workdir: Path) -> BenchModel:
-    """The embedded model with its committed weights; a torchvision architecture with seeded random
-    weights (no COCO weights can be downloaded here, and timing does not depend on them)."""
+def write_weights(name: str, workdir: Path) -> tuple[Path, str]:
+    """workdir/<name>-weights.pth, and where they came from: the embedded model's committed weights;
+    for a torchvision architecture, seeded random weights (no COCO weights can be downloaded here,
+    and timing does not depend on them)."""
     arch = registry.architecture(name)
-    labels = list(arch.labels)
     weights = workdir / f"{name}-weights.pth"
     if arch.embedded_weights:
         committed, _ = default_weights(arch, download=False)
@@ -44,13 +44,20 @@ def prepare_model(name: str, workdir: Path) -> BenchModel:
         note = f"embedded weights ({committed.relative_to(ROOT)})"
     else:
         torch.manual_seed(RANDOM_WEIGHTS_SEED)
-        model = arch.build(num_classes=len(labels)).eval()
+        model = arch.build(num_classes=len(arch.labels)).eval()
         with torch.no_grad():
             model.roi_heads.box_predictor.cls_score.bias[BOOSTED_CLASS] += BOOST
         state_dict = model.state_dict()
-        note = (f"random weights (torch.manual_seed({RANDOM_WEIGHTS_SEED}); class {labels[BOOSTED_CLASS]!r} "
+        note = (f"random weights (torch.manual_seed({RANDOM_WEIGHTS_SEED}); class {arch.labels[BOOSTED_CLASS]!r} "
                 f"logit +{BOOST:g}): no COCO weights can be downloaded here, and timing does not depend on them")
     torch.save(state_dict, weights)
+    return weights, note
+
+
+def prepare_model(name: str, workdir: Path) -> BenchModel:
+    """The model with the weights `write_weights` gives it, as every variant runs it."""
+    labels = list(registry.architecture(name).labels)
+    weights, note = write_weights(name, workdir)
     module = registry.build_model(name, labels, registry.load_state_dict(weights))
     # Our handler's defaults, as a worker with every core resolves them.
     defaults = Settings.load({}, {})
