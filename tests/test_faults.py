@@ -171,9 +171,13 @@ def worker_died(status: int) -> dict:
     return {"code": status, "type": "InternalServerException", "message": "Worker died."}
 
 
-@pytest.mark.parametrize("sig, status", [(signal.SIGKILL, 507), (signal.SIGSEGV, 500)], ids=["SIGKILL", "SIGSEGV"])
+# SIGKILL's 507 is not certain: TorchServe's WorkerThread asks for the worker's exit code as soon as
+# its socket closes, and when the JVM has not reaped the process yet there is none, so it answers 500
+# (WorkerThread.run's finally; 3 of 16 kills here, 0 of 10 with the frontend's former per-request logging).
+@pytest.mark.parametrize("sig, statuses", [(signal.SIGKILL, {507, 500}), (signal.SIGSEGV, {500})],
+                         ids=["SIGKILL", "SIGSEGV"])
 def test_a_killed_worker_is_replaced_and_the_requests_it_held_get_worker_died(crash_server, image, slow_image_host,
-                                                                              sig, status):
+                                                                              sig, statuses):
     """SIGKILL is also what the kernel's OOM killer sends: TorchServe reads exit code 137 as out of
     memory and answers 507; any other death (a segfault) is 500. Both say "Worker died."; the
     requests queued behind are answered by the replacement worker."""
@@ -191,12 +195,12 @@ def test_a_killed_worker_is_replaced_and_the_requests_it_held_get_worker_died(cr
             deadline = time.monotonic() + 60
             while not traffic.statuses(since=killed).get(200) and time.monotonic() < deadline:
                 time.sleep(0.2)
-    assert held_answer.status_code == status and held_answer.json() == worker_died(status)
+    assert held_answer.status_code in statuses and held_answer.json() == worker_died(held_answer.status_code)
     back = [a for a in traffic.answers if a.status == 200 and a.done > killed]
     assert back, f"nothing answered after the kill: {traffic.statuses()}"
     # Every client got an HTTP answer: a "Worker died." for what the worker held, else 200.
-    assert set(traffic.statuses()) <= {200, status}, traffic.statuses()
-    assert all(a.body == worker_died(status) for a in traffic.answers if a.status == status)
+    assert set(traffic.statuses()) <= {200, *statuses}, traffic.statuses()
+    assert all(a.body == worker_died(a.status) for a in traffic.answers if a.status != 200)
     replaced = ready_workers(crash_server, "guarded")
     assert replaced and victim not in replaced
     assert requests.post(url, data=image, headers=key, timeout=60).status_code == 200
