@@ -24,14 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
-import torch
 
 from objdetect import openvino_runtime, registry, synthetic
-from objdetect.settings import ENV_PREFIX, RUNTIMES, Settings
+from objdetect.settings import ENV_PREFIX, RUNTIMES
 from objdetect_serving.archive import build_mar
 from objdetect_serving.torchserve import Ports, ServerError, TorchServe
 
-from .bench.models import write_weights
+from .bench.models import default_cpu_runtime, write_weights
 
 SAMPLE_SEED = 2_000_000_027  # an image the embedded model gets exactly right (the API tests use it too)
 WORKER_LINE = re.compile(r"runtime (?P<runtime>.+?), \d+ threads?, .*?loaded in (?P<load>\d+) ms, "
@@ -96,8 +95,7 @@ def compile_ms(ir: Path, precision: str, threads: int, cache: Path | None) -> fl
 
 def compile_times(archive: Path, workdir: Path, repeats: int = 3) -> str | None:
     """The compile table's row for `archive`, or None where workers do not run OpenVINO here."""
-    defaults = Settings.load({}, {})
-    precision, _ = openvino_runtime.choose(defaults.runtime, defaults.cpu_precision, torch.device("cpu"))
+    _, precision, _ = default_cpu_runtime()
     if precision is None:
         return None
     ir = workdir / "ir"

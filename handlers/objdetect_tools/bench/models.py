@@ -54,14 +54,19 @@ def write_weights(name: str, workdir: Path) -> tuple[Path, str]:
     return weights, note
 
 
+def default_cpu_runtime() -> tuple[Settings, str | None, str]:
+    """Our handler's default settings, and what a CPU worker runs with them here: OpenVINO's
+    precision (None for eager torch) and that, in words."""
+    defaults = Settings.load({}, {})
+    return defaults, *openvino_runtime.choose(defaults.runtime, defaults.cpu_precision, torch.device("cpu"))
+
+
 def prepare_model(name: str, workdir: Path) -> BenchModel:
     """The model with the weights `write_weights` gives it, as every variant runs it."""
     labels = list(registry.architecture(name).labels)
     weights, note = write_weights(name, workdir)
     module = registry.build_model(name, labels, registry.load_state_dict(weights))
-    # Our handler's defaults, as a worker with every core resolves them.
-    defaults = Settings.load({}, {})
-    precision, runtime = openvino_runtime.choose(defaults.runtime, defaults.cpu_precision, torch.device("cpu"))
+    defaults, precision, runtime = default_cpu_runtime()  # as a worker with every core resolves them
     accelerated = openvino_runtime.accelerate(module, *openvino_runtime.convert(module, torch.full((3, 480, 640), 0.5)),
                                               precision, len(os.sched_getaffinity(0)),
                                               defaults.gather_roialign) if precision else None
