@@ -173,3 +173,12 @@ def test_server_means_are_per_request_between_two_scrapes():
              "decode_count": 10, "fetch_sum": 0.05, "fetch_count": 1}
     assert loadtest.server_means(before, after) == {"queue_ms": 2.0, "predict_ms": 80.0, "fetch_ms": 50.0}
     assert loadtest.server_means(after, after) == {}  # nothing answered in between: no means
+
+
+@pytest.mark.unit
+def test_a_scrape_before_the_first_answer_has_no_queue_mean():
+    # What CI once scraped: the first request had arrived (counted) but not been answered (no queue time).
+    first_arrived = {"requests": 1, "memory_mb": 900.0}
+    assert loadtest.server_means({"memory_mb": 900.0}, first_arrived) == {}
+    answered = {"queue_us": 3_000, "requests": 3, "predict_sum": 0.24, "predict_count": 3}
+    assert loadtest.server_means(first_arrived, answered) == {"queue_ms": 1.5, "predict_ms": 80.0}

@@ -182,8 +182,11 @@ def scrape(metrics_url: str) -> dict[str, float]:
 def server_means(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """Mean milliseconds per request between two scrapes: queued, and in each stage that ran."""
     means = {}
+    # TorchServe counts a request when it arrives but adds its queue time when it is answered, and
+    # exports neither counter before it first moves: a scrape between a server's first request and
+    # first answer has requests but no queue time yet, which says nothing about the queue.
     answered = after.get("requests", 0) - before.get("requests", 0)
-    if answered > 0:
+    if answered > 0 and "queue_us" in after:
         means["queue_ms"] = (after["queue_us"] - before.get("queue_us", 0)) / answered / 1000
     for stage in STAGES:
         count = after.get(f"{stage}_count", 0) - before.get(f"{stage}_count", 0)
