@@ -59,7 +59,7 @@ def test_a_served_request_faults_no_pages_once_the_worker_is_warm(tmp_path):
     """Our worker sets its malloc at start. Without, glibc's thresholds adapted to the larger images
     seen first, and each 640x480 request after them faulted ~2,000 pages back in."""
     build_mar(registry.EMBEDDED, tmp_path, "detector", "1.0")
-    larger, image = synthetic.encode(synthetic.generate(2_000_000_027).image), photo(640, 480, 5, "JPEG").data
+    larger, image = synthetic.encode(synthetic.generate(synthetic.SAMPLE_SEED).image), photo(640, 480, 5, "JPEG").data
     with TorchServe(tmp_path, {"detector": "detector-v1.0.mar"}, Ports.free()) as server:
         worker = next(p for p in psutil.Process(server.process.pid).children(recursive=True)
                       if "model_service_worker" in " ".join(p.cmdline()))

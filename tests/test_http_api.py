@@ -42,7 +42,7 @@ def assert_detects(response, sample):
 def sample():
     """A generated image (6 shapes) that the embedded model gets exactly right: these tests check
     the API, the mAP test checks accuracy."""
-    return synthetic.generate(2_000_000_027)
+    return synthetic.generate(synthetic.SAMPLE_SEED)
 
 
 def test_raw_body_put_as_curl_T_sends_it(server, sample):

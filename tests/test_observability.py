@@ -40,7 +40,7 @@ def model(labels: dict) -> tuple:
 
 
 def test_metrics_count_each_outcome_and_time_each_stage(server):
-    image = synthetic.encode(synthetic.generate(2_000_000_027).image)
+    image = synthetic.encode(synthetic.generate(synthetic.SAMPLE_SEED).image)
     before = scrape(server)
     sent = {"ok": 3, "not_an_image": 2, "bad_json": 1}
     for _ in range(sent["ok"]):
@@ -79,7 +79,7 @@ def test_the_request_id_is_in_the_header_the_error_body_and_the_log_line(server)
 
 
 def test_one_json_line_per_request_with_timings_and_size_and_no_key_or_image(server):
-    image = synthetic.encode(synthetic.generate(2_000_000_027).image)
+    image = synthetic.encode(synthetic.generate(synthetic.SAMPLE_SEED).image)
     answered = requests.post(f"{server.url()}/predictions/guarded", timeout=60, headers={"X-API-Key": "test-key"},
                              json={"b64": base64.b64encode(image).decode()})
     assert answered.status_code == 200, answered.text
@@ -88,7 +88,7 @@ def test_one_json_line_per_request_with_timings_and_size_and_no_key_or_image(ser
     assert len(lines) == 1
     line = lines[0]
     assert (line["model"], line["status"], line["outcome"], line["detections"]) == ("guarded", 200, "ok", 6)
-    assert (line["width"], line["height"]) == synthetic.generate(2_000_000_027).image.size
+    assert (line["width"], line["height"]) == synthetic.generate(synthetic.SAMPLE_SEED).image.size
     assert line["predict_ms"] > 0 and line["total_ms"] >= line["predict_ms"]
     raw = (server.workdir / "torchserve.out").read_text(errors="replace")
     assert "test-key" not in raw and base64.b64encode(image).decode()[:40] not in raw
@@ -104,7 +104,7 @@ PER_REQUEST_CHATTER = ("Backend received inference", "Looping backend response",
 def test_a_request_leaves_two_lines_on_stdout_its_json_line_and_the_access_logs(server):
     out = server.workdir / "torchserve.out"
     offset = out.stat().st_size
-    image = synthetic.encode(synthetic.generate(2_000_000_027).image)
+    image = synthetic.encode(synthetic.generate(synthetic.SAMPLE_SEED).image)
     ids = [requests.post(f"{server.url()}/predictions/exact", data=image, timeout=60).headers["X-Request-Id"]
            for _ in range(3)]
 

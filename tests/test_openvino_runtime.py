@@ -71,7 +71,7 @@ def test_the_parts_saved_in_an_archive_serve_as_the_converted_ones(shapes_model,
     converted = Detector(shapes_model, shapes_labels, default_settings)
     _, runtime = openvino_runtime.choose(default_settings.runtime, default_settings.cpu_precision, torch.device("cpu"))
     assert loaded.runtime == converted.runtime == runtime
-    request = Request({"body": synthetic.encode(synthetic.generate(2_000_000_027).image)})
+    request = Request({"body": synthetic.encode(synthetic.generate(synthetic.SAMPLE_SEED).image)})
     answers = [json.loads(detector([request])[0].body)["detections"] for detector in (loaded, converted)]
     assert answers[0] == answers[1] and len(answers[0]) == 6
 

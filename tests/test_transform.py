@@ -108,7 +108,7 @@ def test_a_photo_decoded_small_still_gets_boxes_in_its_own_pixels(shapes_model, 
     """A 2048-px JPEG: drafted to 1/2 and pre-resized by the fast path, whole on the exact path.
     Both must find the same shapes at the same original-pixel places. The fast path runs in fp32:
     what is checked is where its boxes land, not bf16's rounding (7 px here with AMX)."""
-    sample = synthetic.generate(2_000_000_027)
+    sample = synthetic.generate(synthetic.SAMPLE_SEED)
     photo = sample.image.resize((sample.image.width * 2, sample.image.height * 2), Image.NEAREST)
     data = synthetic.encode(photo, "JPEG", quality=95)
     fast_fp32 = dataclasses.replace(default_settings, cpu_precision="fp32")

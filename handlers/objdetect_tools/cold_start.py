@@ -32,7 +32,6 @@ from objdetect_serving.torchserve import Ports, ServerError, TorchServe
 
 from .bench.models import default_cpu_runtime, write_weights
 
-SAMPLE_SEED = 2_000_000_027  # an image the embedded model gets exactly right (the API tests use it too)
 WORKER_LINE = re.compile(r"runtime (?P<runtime>.+?), \d+ threads?, .*?loaded in (?P<load>\d+) ms, "
                          r"warmed up in (?P<warm_up>\d+) ms")
 
@@ -115,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                         default=[registry.EMBEDDED, "fasterrcnn_mobilenet_v3_large_320_fpn"])
     parser.add_argument("--rounds", type=int, default=5, help="server starts per model and runtime")
     args = parser.parse_args(argv)
-    image = synthetic.encode(synthetic.generate(SAMPLE_SEED).image)
+    image = synthetic.encode(synthetic.generate(synthetic.SAMPLE_SEED).image)
     starts: dict[tuple[str, str], list[Start]] = {}
     compiles: dict[str, str | None] = {}
     with tempfile.TemporaryDirectory(prefix="objdetect-cold-start-") as workdir:

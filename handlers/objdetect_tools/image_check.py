@@ -17,7 +17,7 @@ from pathlib import Path
 from objdetect import synthetic
 
 from . import containers
-from .cold_start import SAMPLE_SEED, first_prediction
+from .cold_start import first_prediction
 
 NAME = "objdetect-image-test"
 # Measured: a build from scratch grows the disk by up to 26 GB at its peak (the venv layer is written
@@ -58,7 +58,7 @@ def main() -> int:
     started = time.monotonic()
     run(tool, "run", "-d", "--name", NAME, "-p", f"127.0.0.1:{port}:8080", tag)
     try:
-        sample = synthetic.generate(SAMPLE_SEED)
+        sample = synthetic.generate(synthetic.SAMPLE_SEED)
         image = synthetic.encode(sample.image)
         cold_start, answer = first_prediction(f"http://127.0.0.1:{port}/predictions/detector", image, started)
         check(cold_start is not None, f"first prediction {cold_start:.1f} s after `{tool} run`" if cold_start
