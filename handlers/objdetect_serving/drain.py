@@ -33,6 +33,8 @@ from .management import Management, ManagementError
 TOKEN_ENV = "OBJDETECT_DRAIN_TOKEN"
 HEADER = "x-objdetect-drain"
 PAUSE_S = 0.05  # between rounds of stop requests: a busy worker's answer is awaited, not polled hot
+MANAGEMENT_TIMEOUT_S = 3.0  # per call: a slower answer is asked for again, until the deadline
+RETRY_S = 0.2  # before asking a management API that failed again: a busy frontend is not hammered
 
 
 @dataclass(frozen=True)
@@ -64,52 +66,74 @@ def drain(inference_url: str, management_url: str, token: str, policy: DrainPoli
     """Steps 2 and 3 above (the caller makes the marker first). Logs what it waited for."""
     started = time.monotonic()
     deadline = started + policy.timeout_s
-    management = Management(management_url, timeout_s=3)
     try:
-        versions = [(name, v["modelVersion"]) for name in management.models() for v in management.versions(name)]
+        versions = _ask(management_url, deadline, lambda management: [
+            (name, v["modelVersion"]) for name in management.models() for v in management.versions(name)])
     except ManagementError as error:
-        log(f"drain: cannot list the models ({error}); stopping without draining")
+        log(f"drain: could not list the models before the deadline ({error}); stopping without draining")
         return
     with ThreadPoolExecutor(max(1, len(versions))) as pool:
-        unanswered = pool.map(lambda nv: _stop_workers(inference_url, management, *nv, token, deadline), versions)
-        unanswered = dict(zip(versions, unanswered))
+        left = list(pool.map(lambda nv: _stop_workers(inference_url, management_url, *nv, token, deadline), versions))
     took = time.monotonic() - started
-    for (name, version), pids in unanswered.items():
-        if pids:
-            log(f"drain: {name} v{version}: workers {sorted(pids)} still busy after {took:.1f} s; stopping anyway")
-    log(f"drain: workers of {len(versions)} model versions stopped taking requests in {took:.1f} s")
+    for undone in filter(None, left):
+        log(f"drain: {undone}; stopping anyway")
+    if not any(left):
+        log(f"drain: workers of {len(versions)} model versions stopped taking requests in {took:.1f} s")
     time.sleep(max(0.0, min(started + policy.grace_s, deadline) - time.monotonic()))
 
 
-def _stop_workers(inference_url: str, management: Management, name: str, version: str, token: str,
-                  deadline: float) -> set[int]:
-    """Sends stop requests until each READY worker of the version has answered one (or the deadline
-    passes); returns the pids that did not. Workers are looked up each round: a worker that dies
-    while draining is not waited for, and one that replaces it is stopped too."""
+def _stop_workers(inference_url: str, management_url: str, name: str, version: str, token: str,
+                  deadline: float) -> str | None:
+    """Sends stop requests until each READY worker of the version has answered one; returns what
+    is still undone when the deadline passes, else None. Workers are looked up each round: a worker
+    that dies while draining is not waited for, and one that replaces it is stopped too."""
     url = f"{inference_url}/predictions/{name}/{version}"
     answered: set[int] = set()
-    with requests.Session() as session:
-        def send(_) -> int | None:
-            try:
-                response = session.post(url, headers={HEADER: token}, timeout=max(0.1, deadline - time.monotonic()))
-                return response.json()["pid"] if response.status_code == 200 else None
-            except (requests.RequestException, ValueError, KeyError, TypeError):
-                return None  # the queue was full (503), or the worker died: the next round retries
+    while True:
+        try:
+            pending = _ask(management_url, deadline, lambda management: _ready_workers(management, name, version))
+        except ManagementError as error:
+            return f"could not list the workers of {name} v{version} before the deadline ({error})"
+        pending -= answered
+        if not pending:
+            return None
+        if time.monotonic() >= deadline:
+            return f"{name} v{version}: workers {sorted(pending)} still busy at the deadline"
+        # As many at once as workers wait: each idle worker takes one; a busy worker's waits
+        # in the queue until it is free (or an idle one takes it, and the next round resends).
+        with ThreadPoolExecutor(len(pending)) as pool:
+            answered.update(pid for pid in pool.map(lambda _: _stop(url, token, deadline), pending) if pid is not None)
+        time.sleep(PAUSE_S)
 
-        while True:
-            pending = _ready_workers(management, name, version) - answered
-            if not pending or time.monotonic() >= deadline:
-                return pending
-            # As many at once as workers wait: each idle worker takes one; a busy worker's waits
-            # in the queue until it is free (or an idle one takes it, and the next round resends).
-            with ThreadPoolExecutor(len(pending)) as pool:
-                answered.update(pid for pid in pool.map(send, range(len(pending))) if pid is not None)
-            time.sleep(PAUSE_S)
+
+def _stop(url: str, token: str, deadline: float) -> int | None:
+    """One stop request; the pid of the worker that answered it, if one did. No shared session: a
+    requests.Session is not safe to use from several threads at once."""
+    try:
+        response = requests.post(url, headers={HEADER: token}, timeout=max(0.1, deadline - time.monotonic()))
+        return response.json()["pid"] if response.status_code == 200 else None
+    except (requests.RequestException, ValueError, KeyError, TypeError):
+        return None  # the queue was full (503), or the worker died: the next round retries
+
+
+def _ask(management_url: str, deadline: float, question):
+    """question(Management)'s answer. A management error (a busy frontend's timeout) says nothing
+    about the workers, so the question is asked again after a pause until the deadline, and only
+    then is the error raised. Each call waits at most the time left (0.1 s at least)."""
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            return question(Management(management_url, timeout_s=max(0.1, min(MANAGEMENT_TIMEOUT_S, remaining))))
+        except ManagementError:
+            if time.monotonic() + RETRY_S >= deadline:
+                raise
+        time.sleep(RETRY_S)
 
 
 def _ready_workers(management: Management, name: str, version: str) -> set[int]:
+    described = management.describe(name, version)
     try:
-        return {w["pid"] for m in management.describe(name, version) for w in m.get("workers", [])
+        return {w["pid"] for m in described for w in m.get("workers", [])
                 if w.get("status") == "READY" and w.get("pid")}
-    except (ManagementError, TypeError, KeyError):
-        return set()
+    except (TypeError, KeyError, AttributeError):  # no answer either: asked again, like an error
+        raise ManagementError(f"unexpected answer to GET /models/{name}/{version}: {described!r:.200}") from None
