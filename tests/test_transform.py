@@ -32,6 +32,16 @@ def test_shrink_to_model_shrinks_only_what_the_model_shrinks():
     assert shrink_to_model(small, spec) is small
 
 
+@pytest.mark.parametrize("width, height", [(1, 65500), (65500, 1), (2, 65500), (3, 40000)])
+def test_a_one_pixel_sliver_shrinks_along_its_length(width, height):
+    """The model keeps a 1-pixel side at 1 pixel: the other side must shrink all the same, or the
+    sliver is padded at full length (1x65500 became 3275x65500 floats, 2.6 GB)."""
+    spec = ModelSpec(min_size=320, max_size=640, max_detections=100)
+    fitted = shrink_to_model(blank(width, height), spec)
+    assert max(fitted.pixels.shape[1:]) <= 640
+    assert pad_to_aspect(to_model_input(fitted.pixels, torch.device("cpu")), spec).numel() <= 3 * 640 * 32
+
+
 def test_slivers_are_padded_with_the_models_mean_colour_to_the_largest_aspect_ratio():
     spec = ModelSpec(min_size=320, max_size=640, max_detections=100)
     assert is_sliver(blank(2000, 99)) and is_sliver(blank(4, 81)) and not is_sliver(blank(2000, 100))

@@ -48,9 +48,11 @@ def shrink_to_model(image: DecodedImage, spec: ModelSpec) -> DecodedImage:
     """`image` shrunk to the size the model would shrink it to; an image the model enlarges is kept."""
     height, width = image.pixels.shape[1:]
     target_width, target_height = spec.input_size(width, height)
-    if target_width >= width:
+    if target_width >= width and target_height >= height:
         return image
-    return replace(image, pixels=F.resize(image.pixels, [target_height, target_width], antialias=True))
+    # Either side may stay (a 1-pixel-wide sliver stays 1 wide while its 65,500 rows shrink to the model's).
+    size = [min(target_height, height), min(target_width, width)]
+    return replace(image, pixels=F.resize(image.pixels, size, antialias=True))
 
 
 def to_model_input(pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
