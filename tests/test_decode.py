@@ -74,6 +74,50 @@ def test_exif_orientation_is_applied_and_sizes_are_upright():
     assert top[0] > 150 and top[2] < 100
 
 
+UPRIGHT_TO_STORED = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                     4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90,
+                     7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_270}
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF"])
+def test_every_orientation_is_applied_once_in_every_format(fmt, orientation):
+    """Upright 64x40 with a red top-left corner, stored as the orientation tag says a camera would
+    store it: decoded, it is upright again (pixels and the reported size)."""
+    upright = Image.new("RGB", (64, 40), (0, 0, 255))
+    upright.paste(RED, (0, 0, 16, 10))
+    stored = upright.transpose(UPRIGHT_TO_STORED[orientation]) if orientation > 1 else upright
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = io.BytesIO()
+    if fmt == "TIFF":
+        stored.save(data, fmt, tiffinfo={0x0112: orientation})
+    else:
+        stored.save(data, fmt, exif=exif.tobytes(), **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
+    for used_size in (None, lambda w, h: (w, h)):
+        image = decode_image(data.getvalue(), LIMIT, used_size)
+        assert (image.width, image.height) == (64, 40)
+        assert image.pixels.shape == (3, 40, 64)
+        corner, far = image.pixels[:, 3, 3].tolist(), image.pixels[:, 36, 60].tolist()
+        assert corner[0] > 150 and corner[2] < 100 and far[2] > 150
+
+
+def progressive_jpeg(size: tuple[int, int], scans: int) -> bytes:
+    """A progressive JPEG whose last scan is repeated until it has `scans` (libjpeg decodes each)."""
+    encoded = encode(Image.new("RGB", size, RED), "JPEG", progressive=True)
+    last = encoded.rindex(b"\xff\xda")
+    written = encoded.count(b"\xff\xda")
+    return encoded[:last] + encoded[last:-2] * (scans - written + 1) + b"\xff\xd9"
+
+
+def test_a_jpeg_of_many_scans_is_refused_before_decoding():
+    bomb = progressive_jpeg((4000, 3000), 40_000)  # about 6 minutes of libjpeg's time if decoded
+    error = error_of(bomb)
+    assert error.code == "corrupt_image" and "40000 scans" in error.message
+    ordinary = decode_image(progressive_jpeg((400, 300), 11), LIMIT)  # what mozjpeg writes at most
+    assert ordinary.pixels.shape == (3, 300, 400)
+
+
 def test_jpeg_draft_decodes_fewer_pixels_but_reports_the_original_size():
     photo = Image.new("RGB", (4000, 3000), RED)
     image = decode_image(encode(photo, "JPEG"), LIMIT, used_size=lambda w, h: (w * 600 // h, 600))
