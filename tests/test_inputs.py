@@ -2,6 +2,7 @@
 
 import base64
 import json
+import sys
 
 import pytest
 
@@ -109,4 +110,37 @@ def test_bad_requests_name_their_problem(fields, content_type, code):
 
 def test_unknown_class_error_lists_the_model_labels():
     error = error_of({"data": IMAGE, "classes": b"dog,circle"})
-    assert "'dog'" in error.message and "circle, square, triangle" in error.message
+    assert '"dog"' in error.message and "circle, square, triangle" in error.message
+
+
+def nested(depth: int) -> bytes:
+    return b'{"url": "https://a.example/x", "threshold": ' + b"[" * depth + b"1" + b"]" * depth + b"}"
+
+
+@pytest.mark.parametrize("body", [
+    b'{"url": "https://a.example/x", "threshold": ' + b"9" * 400 + b"}",
+    b'{"url": "https://a.example/x", "max_detections": -' + b"9" * 400 + b"}",
+], ids=["threshold", "max_detections"])
+def test_a_400_digit_integer_option_gets_a_short_bad_option(body):
+    error = error_of({"body": body}, "application/json")
+    assert error.code == "bad_option" and len(error.message) < 300
+
+
+def test_an_option_nested_to_any_depth_gets_a_400():
+    """Every depth up to past the recursion limit: the deepest that json.loads still accepts once
+    broke the error message itself (where it lies depends on the stack already in use)."""
+    for depth in range(1, 2 * sys.getrecursionlimit()):
+        error = error_of({"body": nested(depth)}, "application/json")
+        assert error.code in ("bad_option", "bad_json") and len(error.message) < 300, depth
+
+
+def test_a_form_file_field_named_body_does_not_skip_the_options():
+    error = error_of({"body": IMAGE, "threshold": b"banana"})
+    assert error.code == "bad_option" and "threshold" in error.message
+    assert parse({"body": IMAGE, "threshold": b"0.3"}).options.threshold == 0.3
+
+
+def test_messages_quote_long_values_shortly():
+    error = error_of({"body": b'{"url": "https://a.example/x", "render": "' + b"y" * 100_000 + b'"}'},
+                     "application/json")
+    assert error.code == "bad_option" and len(error.message) < 200

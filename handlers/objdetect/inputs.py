@@ -51,9 +51,9 @@ class OptionLimits:
 def parse_request(fields: Mapping[str, bytes], content_type: str | None, limits: OptionLimits) -> ImageRequest:
     """One request's named fields ("body", or a form's fields) -> ImageRequest; raises RequestError
     naming what is wrong."""
-    body = fields.get("body")
-    if body is None:
+    if set(fields) != {"body"}:  # a form (a file field may be called "body" too: its options count)
         return _parse_multipart(fields, limits)
+    body = fields["body"]
     if _is_json(content_type, body):
         return _parse_json(body, limits)
     if not body:
@@ -65,7 +65,7 @@ def parse_options(raw: Mapping[str, Any], limits: OptionLimits) -> Options:
     """Options from JSON (typed values) or form fields (strings), checked against the model."""
     unknown = sorted(set(raw) - set(OPTION_NAMES))
     if unknown:
-        raise RequestError("unknown_option", f"unknown option(s) {', '.join(map(repr, unknown))}; "
+        raise RequestError("unknown_option", f"unknown option(s) {', '.join(map(shown, unknown[:10]))}; "
                            f"known: {', '.join(OPTION_NAMES)}")
     threshold = limits.default_threshold
     if "threshold" in raw:
@@ -113,11 +113,11 @@ def _parse_multipart(fields: Mapping[str, bytes], limits: OptionLimits) -> Image
         raise RequestError("empty_body", "no image in the request: send it as the body, in a multipart "
                            "file field (e.g. curl -F data=@photo.jpg), or as JSON with 'url' or 'b64'")
     if len(files) > 1:
-        raise RequestError("bad_form", f"the form has several image fields ({', '.join(sorted(files))}); "
+        raise RequestError("bad_form", f"the form has several image fields ({', '.join(map(shown, sorted(files)[:10]))}); "
                            "send one image per request")
     image = fields[files[0]]
     if not image:
-        raise RequestError("empty_body", f"the form field {files[0]!r} is empty")
+        raise RequestError("empty_body", f"the form field {shown(files[0])} is empty")
     options = {name: _text(fields[name]) for name in OPTION_NAMES if name in fields}
     return ImageRequest(parse_options(options, limits), image=bytes(image))
 
@@ -150,13 +150,14 @@ def _text(value: bytes) -> str:
 
 def _number(value: Any, name: str, kind: type) -> float | int:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise RequestError("bad_option", f"{name} must be a number, got {json.dumps(value)[:80]}")
+        raise RequestError("bad_option", f"{name} must be a number, got {shown(value)}")
     try:
         number = float(value)
-    except ValueError:
-        raise RequestError("bad_option", f"{name} must be a number, got {value[:80]!r}") from None
+    except (ValueError, OverflowError):  # OverflowError: an integer of hundreds of digits
+        raise RequestError("bad_option", f"{name} must be a number in range, got {shown(value)}") from None
     if not math.isfinite(number) or (kind is int and not number.is_integer()):
-        raise RequestError("bad_option", f"{name} must be {'an integer' if kind is int else 'a finite number'}, got {value!r}")
+        raise RequestError("bad_option", f"{name} must be {'an integer' if kind is int else 'a finite number'}, "
+                           f"got {shown(value)}")
     return kind(number)
 
 
@@ -165,7 +166,20 @@ def _boolean(value: Any, name: str) -> bool:
         return value
     if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
         return value.lower() in ("true", "1", "yes")
-    raise RequestError("bad_option", f"{name} must be true or false, got {json.dumps(value)[:80]}")
+    raise RequestError("bad_option", f"{name} must be true or false, got {shown(value)}")
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """A client's value as an error message may quote it: short, and never by recursing into it
+    (a list nested a thousand deep) or printing a huge integer in full."""
+    if isinstance(value, (list, dict)):
+        return f"a JSON {'array' if isinstance(value, list) else 'object'}"
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    if isinstance(value, str):
+        value = value[:limit + 1]
+    text = json.dumps(value, ensure_ascii=False) if value is None or isinstance(value, (bool, str)) else repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _classes(value: Any, labels: tuple[str, ...]) -> frozenset[str]:
@@ -175,6 +189,6 @@ def _classes(value: Any, labels: tuple[str, ...]) -> frozenset[str]:
         raise RequestError("bad_option", "classes must be a non-empty list of label names")
     unknown = sorted(set(value) - set(labels))
     if unknown:
-        raise RequestError("bad_option", f"unknown class(es) {', '.join(map(repr, unknown[:10]))}; "
+        raise RequestError("bad_option", f"unknown class(es) {', '.join(map(shown, unknown[:10]))}; "
                            f"this model knows: {', '.join(labels)}")
     return frozenset(value)
