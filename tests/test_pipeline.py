@@ -96,6 +96,60 @@ def test_an_image_that_breaks_the_model_fails_alone(detector, monkeypatch):
     assert alone.status == 500 and body_of(alone)["error"] == "prediction_failed"
 
 
+def builtin_exceptions() -> list[type[Exception]]:
+    """Every exception class the standard library defines that a parser could raise (warnings aside)."""
+    import builtins
+    return sorted((value for value in vars(builtins).values() if isinstance(value, type)
+                   and issubclass(value, Exception) and not issubclass(value, Warning)
+                   and value.__module__ == "builtins"), key=lambda kind: kind.__name__)
+
+
+def raising(kind: type[Exception]) -> Exception:
+    for args in (("poisoned",), ("poisoned", [ValueError()]), ("utf-8", b"\xff", 0, 1, "poisoned"),
+                 ("utf-8", "\xff", 0, 1, "poisoned"), ("\xff", 0, 1, "poisoned")):
+        try:  # UnicodeDecodeError and ExceptionGroup want more than a message
+            return kind(*args)
+        except TypeError:
+            continue
+    raise AssertionError(f"cannot make a {kind.__name__}")
+
+
+def test_any_exception_while_parsing_fails_its_request_alone(detector, monkeypatch):
+    """One batch: a good image, then one request for each exception class, then a good image."""
+    kinds = builtin_exceptions()
+    real = pipeline.parse_request
+
+    def parse(fields, *args):
+        if fields["body"].startswith(b"raise "):
+            raise raising(next(kind for kind in kinds if kind.__name__ == fields["body"][6:].decode()))
+        return real(fields, *args)
+
+    monkeypatch.setattr(pipeline, "parse_request", parse)
+    fine = Request({"body": encode(synthetic.generate(9).image)})
+    responses = detector([fine, *(Request({"body": f"raise {kind.__name__}".encode()}) for kind in kinds), fine])
+    assert len(kinds) > 50 and [r.status for r in responses] == [200] + [500] * len(kinds) + [200]
+    for response, kind in zip(responses[1:-1], kinds):
+        assert body_of(response)["error"] == "request_failed" and f"({kind.__name__})" in body_of(response)["message"]
+
+
+@pytest.mark.parametrize("kind", [ValueError, RecursionError, ZeroDivisionError])
+@pytest.mark.parametrize("step", ["decode_image", "shrink_to_model", "postprocess"])
+def test_an_unforeseen_exception_in_a_later_step_fails_its_request_alone(detector, monkeypatch, step, kind):
+    real = getattr(pipeline, step)
+    poison = encode(Image.new("RGB", (77, 60)))
+
+    def poisoned(*args, **kwargs):
+        if any(arg == poison or getattr(arg, "width", None) == 77 for arg in args):
+            raise kind("poisoned")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, step, poisoned)
+    fine = encode(synthetic.generate(9).image)
+    responses = detector([Request({"body": fine}), Request({"body": poison}), Request({"body": fine})])
+    assert [r.status for r in responses] == [200, 500, 200]
+    assert body_of(responses[1])["error"] == "request_failed"
+
+
 def test_out_of_memory_is_left_to_torchserve(detector, monkeypatch):
     def oom(model, images, fp16=False):
         raise torch.OutOfMemoryError("CUDA out of memory")

@@ -141,6 +141,10 @@ class Detector:
             return outcome.timed("decode", _ms_since(clock), request=parsed, image=image)
         except RequestError as error:
             return replace(outcome, error=error)
+        except torch.OutOfMemoryError:
+            raise  # the server's problem (nvJPEG's memory): TorchServe answers 507
+        except Exception as error:  # noqa: BLE001 - what we did not foresee fails this request alone
+            return replace(outcome, error=_unforeseen(error, "reading"))
 
     def _decode(self, data: bytes) -> DecodedImage:
         if self.device.type == "cuda" and self.settings.cuda_jpeg_decode and data[:2] == b"\xff\xd8":
@@ -159,11 +163,16 @@ class Detector:
             return outcome
         clock = time.perf_counter()
         image = outcome.image
-        # A sliver is shrunk even on the exact path (the model would shrink it anyway), so that
-        # its padding is small: at most max_size x max_size/20 pixels.
-        if self.settings.pre_resize or is_sliver(image):
-            image = shrink_to_model(image, self.spec)
-        model_input = pad_to_aspect(to_model_input(image.pixels, self.device), self.spec)
+        try:
+            # A sliver is shrunk even on the exact path (the model would shrink it anyway), so that
+            # its padding is small: at most max_size x max_size/20 pixels.
+            if self.settings.pre_resize or is_sliver(image):
+                image = shrink_to_model(image, self.spec)
+            model_input = pad_to_aspect(to_model_input(image.pixels, self.device), self.spec)
+        except torch.OutOfMemoryError:
+            raise  # the server's problem: TorchServe answers 507
+        except Exception as error:  # noqa: BLE001
+            return replace(outcome, error=_unforeseen(error, "preparing"))
         return outcome.timed("transform", _ms_since(clock), image=image, model_input=model_input)
 
     def _predict(self, outcomes: list[Outcome]) -> list[Outcome]:
@@ -196,12 +205,20 @@ class Detector:
             return replace(outcome, error=RequestError("prediction_failed", "the model failed on this image", status=500))
 
     def _respond(self, outcome: Outcome, started: float) -> Response:
+        if not outcome.error:
+            try:
+                return self._answer(outcome, started)
+            except Exception as error:  # noqa: BLE001
+                outcome = replace(outcome, error=_unforeseen(error, "answering"))
         image = outcome.image
         size = {"width": image.width, "height": image.height} if image else {}
-        if outcome.error:
-            return Response.error(outcome.error, outcome.request_id, outcome.client_request_id,
-                                  batch_size=outcome.batch_size, **size,
-                                  timings_ms={**outcome.timings_ms, "total": _ms_since(started)})
+        return Response.error(outcome.error, outcome.request_id, outcome.client_request_id,
+                              batch_size=outcome.batch_size, **size,
+                              timings_ms={**outcome.timings_ms, "total": _ms_since(started)})
+
+    def _answer(self, outcome: Outcome, started: float) -> Response:
+        image = outcome.image
+        size = {"width": image.width, "height": image.height}
         clock = time.perf_counter()
         options = outcome.request.options
         detections = postprocess(outcome.output, self.class_names, image, options)
@@ -223,6 +240,14 @@ class Detector:
             "detections": detections.to_json(),
             "timings_ms": {k: round(v, 2) for k, v in timings_ms.items()},
         }
+
+
+def _unforeseen(error: Exception, step: str) -> RequestError:
+    """An exception no step turned into a RequestError: a defect of ours that this request found.
+    Logged with its traceback; the request gets a 500 of its own, and its batch is answered."""
+    log.error("unexpected %s while %s a request", type(error).__name__, step, exc_info=error)
+    return RequestError("request_failed", f"the server failed while {step} this request "
+                        f"({type(error).__name__}); it was logged", status=500)
 
 
 def _ms_since(clock: float) -> float:
