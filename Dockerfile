@@ -17,10 +17,12 @@ ARG PIP_EXTRA_INDEX_URL
 ARG PIP_FIND_LINKS
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
-# A JDK only to cut a Java runtime to the modules TorchServe's frontend uses; binutils to strip.
+# A JDK to cut a Java runtime to the modules TorchServe's frontend uses and to compile objdetect's
+# request checks into it; binutils to strip; Debian's Netty (security fixes backported) to replace
+# the one TorchServe's frontend bundles (handlers/objdetect_serving/frontend.py).
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends openjdk-17-jdk-headless binutils \
+ && apt-get install -y --no-install-recommends openjdk-17-jdk-headless binutils libnetty-java \
  && rm -rf /var/lib/apt/lists/*
 # jdeps on model-server.jar names these and a few more; serving, management and metrics were
 # tested with exactly these (java.desktop stays: the frontend uses java.beans).
@@ -29,7 +31,8 @@ RUN jlink --add-modules java.base,java.desktop,java.logging,java.management,java
 
 WORKDIR /src
 COPY pyproject.toml ./
-COPY handlers/objdetect_tools/prune_venv.py ./
+COPY handlers/objdetect_tools/prune_venv.py handlers/objdetect_serving/frontend.py \
+     handlers/objdetect_serving/HttpRequestHandler.java ./
 # The serving venv: pyproject's dependencies (and, for the cpu flavor, OpenVINO, which is
 # pruned to its CPU runtime), without the build-only archiver. Archiver and a whole OpenVINO,
 # which converts the model's parts for the archive, go aside in /opt/build-tools, for this stage
@@ -52,6 +55,7 @@ print('\n'.join(archiver), file=open('/tmp/build.txt', 'w')); print('\n'.join(op
     fi \
  && if [ "$WITH_TRITON" != true ]; then /opt/venv/bin/pip uninstall -y -q triton; fi \
  && /opt/venv/bin/pip uninstall -y -q pip setuptools wheel \
+ && /opt/venv/bin/python frontend.py install \
  && /opt/venv/bin/python prune_venv.py /opt/venv \
  && /opt/venv/bin/python -c "import torch, torchvision; \
 m = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None).eval(); \

@@ -23,9 +23,12 @@ GRPC_MANAGEMENT_PORT ?= 7071
 setup: $(INSTALLED) $(CHECKOV)
 
 # The venv in the checkout, with the pinned dependencies; redone when pyproject.toml changes.
-$(INSTALLED): pyproject.toml
+# TorchServe's frontend then runs on Debian's libnetty-java instead of the Netty of 2020 it bundles,
+# with objdetect's request checks compiled in (docs/security.md).
+$(INSTALLED): pyproject.toml handlers/objdetect_serving/frontend.py handlers/objdetect_serving/HttpRequestHandler.java
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --no-cache-dir -e '.[dev,openvino,java,client]'
+	$(PY) -m objdetect_serving.frontend install
 	touch $@
 
 # checkov (Terraform checks) in a venv of its own: it ships its own copy of the hcl2 module.

@@ -282,3 +282,98 @@ def test_models_cannot_be_registered_from_remote_urls(server, archive_host):
         assert response.json()["message"] == f"Given URL {url} does not match any allowed URL(s)"
     assert requested == []  # never fetched
     assert "evil" not in requests.get(f"{server.url('management')}/models", timeout=10).text
+
+
+# Hostile requests: each is answered on its own with a 4xx (or the right 200), and every worker
+# that served before serves after.
+
+def frontend_refusal(response, words):
+    """A 400 from the frontend's own checks: TorchServe's JSON, naming the problem, quoting no body."""
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body["code"] == 400 and words in body["message"] and "a&a" not in body["message"]
+
+
+def test_a_20_mib_url_encoded_body_is_one_bad_request_not_the_end_of_the_server(server, sample):
+    pids = worker_pids(server)
+    response = predict(server, b"a&" * (10 * 1024 * 1024 - 1),
+                       headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 400 and response.json()["error"] == "not_an_image"
+    assert worker_pids(server) == pids
+    assert_detects(predict(server, encode(sample.image)), sample)
+
+
+def test_an_image_sent_as_curl_data_binary_labels_it_is_answered(server, sample):
+    """curl --data-binary @photo.jpg says application/x-www-form-urlencoded: the API takes no such
+    forms, so the body is the image."""
+    response = predict(server, encode(sample.image, "JPEG", quality=95),
+                       headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert_detects(response, sample)
+
+
+@pytest.mark.parametrize("content_type", ["multipart/form-data; boundary=", "multipart/form-data",
+                                          "multipart/form-data; boundary=" + "b" * 71])
+def test_a_multipart_body_without_a_usable_boundary_is_a_400(server, sample, content_type):
+    frontend_refusal(predict(server, encode(sample.image), headers={"Content-Type": content_type}), "boundary")
+
+
+@pytest.mark.parametrize("fields", [200, 100_000])
+def test_a_multipart_form_of_too_many_fields_is_a_400(server, fields):
+    parts = b"".join(b'--B\r\nContent-Disposition: form-data; name="f%d"\r\n\r\na&a\r\n' % i for i in range(fields))
+    response = predict(server, parts + b"--B--\r\n", headers={"Content-Type": "multipart/form-data; boundary=B"})
+    frontend_refusal(response, "TooManyFormFieldsException")
+
+
+def worker_rss_mb(server) -> float:
+    import psutil
+    return sum(psutil.Process(pid).memory_info().rss for pid in worker_pids(server)) / 2**20
+
+
+@pytest.mark.parametrize("size", [(1, 65500), (65500, 1)])
+def test_a_one_pixel_sliver_costs_no_more_memory_than_a_photo(server, size):
+    before = worker_rss_mb(server)
+    response = predict(server, encode(Image.new("RGB", size, "white"), "JPEG"))
+    assert response.status_code == 200 and (response.json()["width"], response.json()["height"]) == size
+    assert worker_rss_mb(server) - before < 300  # 1x65500 once grew a worker by 8.2 GB
+
+
+def test_a_jpeg_of_40000_scans_is_refused_quickly(server, sample):
+    photo = encode(Image.new("RGB", (2000, 1500), "white"), "JPEG", progressive=True)
+    last = photo.rindex(b"\xff\xda")
+    bomb = photo[:last] + photo[last:-2] * 40_000 + b"\xff\xd9"
+    pids = worker_pids(server)
+    response = predict(server, bomb)
+    assert response.status_code == 400 and response.json()["error"] == "corrupt_image"
+    assert worker_pids(server) == pids
+
+
+def test_a_rotated_tiff_is_answered_in_its_upright_size(server):
+    stored = Image.new("RGB", (400, 640), "white")  # shown 640x400 once turned as orientation 6 says
+    data = io.BytesIO()
+    stored.save(data, "TIFF", tiffinfo={0x0112: 6})
+    body = predict(server, data.getvalue()).json()
+    assert (body["width"], body["height"]) == (640, 400)
+
+
+@pytest.mark.parametrize("request_json, code", [
+    ('{"url": "https://a.example/x.jpg", "threshold": ' + "9" * 400 + "}", "bad_option"),
+    ('{"url": "https://a.example/x.jpg", "max_detections": ' + "9" * 400 + "}", "bad_option"),
+    ('{"url": "https://a.example/x.jpg", "threshold": ' + "[" * 984 + "1" + "]" * 984 + "}", None),
+    ('{"url": "http://\uff11\uff0e\uff11\uff0e\uff11\uff0e\uff11/a.jpg"}', "url_refused"),
+], ids=["huge threshold", "huge max_detections", "threshold 984 deep", "fullwidth host"])
+def test_hostile_json_gets_its_own_400_while_its_batch_is_answered(server, sample, request_json, code):
+    good = encode(sample.image)
+    with ThreadPoolExecutor(3) as pool:
+        hostile = pool.submit(predict, server, request_json.encode(), headers={"Content-Type": "application/json"})
+        others = [pool.submit(predict, server, good) for _ in range(2)]
+    assert hostile.result().status_code == 400
+    assert hostile.result().json()["error"] in ((code,) if code else ("bad_option", "bad_json"))
+    for other in others:
+        assert_detects(other.result(), sample)
+
+
+def test_every_option_is_checked_whatever_the_image_field_is_called(server, sample):
+    files = {"body": ("a.png", encode(sample.image), "image/png")}
+    refused = predict(server, files=files, data={"threshold": "banana"})
+    assert refused.status_code == 400 and refused.json()["error"] == "bad_option"
+    assert_detects(predict(server, files=files, data={"threshold": "0.5"}), sample)

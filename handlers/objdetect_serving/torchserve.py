@@ -25,6 +25,7 @@ from typing import Callable
 
 import psutil
 
+from . import frontend
 from .drain import TOKEN_ENV, DrainPolicy, drain, marker
 from .java import JavaNotFound, java_environment
 from .management import Management
@@ -99,11 +100,14 @@ class TorchServe:
 
     def launch(self) -> "TorchServe":
         """Starts TorchServe and returns at once, before it listens (start() waits for its workers).
-        Raises ServerError when it finds no Java runtime."""
+        Raises ServerError when it finds no Java runtime, or a frontend with TorchServe's bundled Netty."""
         try:
             java = java_environment({**os.environ, **self.env})
         except JavaNotFound as error:
             raise ServerError(str(error)) from None
+        unsafe = frontend.problem(frontend.frontend_dir())
+        if unsafe:
+            raise ServerError(unsafe)
         self.workdir = Path(tempfile.mkdtemp(prefix="objdetect-torchserve-"))
         config = self.workdir / "config.properties"
         config.write_text(self._config_text())
