@@ -1,6 +1,13 @@
 # A WAF in front of the load balancer: AWS's Known Bad Inputs rules (Log4Shell and other Java
-# exploits: TorchServe's frontend is Java) and a per-IP rate limit. Decisions are logged with the
-# API key headers redacted.
+# exploits: TorchServe's frontend is Java), a refusal of bodies the API does not take, and a per-IP
+# rate limit. Decisions are logged with the API key headers redacted.
+
+locals {
+  # What the API takes (README "The API"): images, bytes, JSON, multipart forms, and the label curl
+  # --data-binary puts on an image (the frontend passes that on as a plain body). Anything else
+  # (XML, serialized Java objects, text) never reaches the frontend's decoders. Matched lowercased.
+  accepted_content_types = "^(image/[a-z0-9.+-]+|application/(octet-stream|json|[a-z0-9.+-]+\\+json|x-www-form-urlencoded)|multipart/form-data)[ \\t]*(;.*)?$"
+}
 
 resource "aws_wafv2_web_acl" "this" {
   name        = var.name
@@ -34,8 +41,68 @@ resource "aws_wafv2_web_acl" "this" {
   }
 
   rule {
-    name     = "rate-limit-per-ip"
+    name     = "accepted-content-types"
     priority = 2
+
+    action {
+      block {
+        custom_response {
+          response_code            = 415
+          custom_response_body_key = "unsupported-media-type"
+        }
+      }
+    }
+
+    # A Content-Type that is present and not one the API takes (no Content-Type: the body is
+    # read as an image, as `curl -T` sends it).
+    statement {
+      and_statement {
+        statement {
+          size_constraint_statement {
+            comparison_operator = "GT"
+            size                = 0
+            field_to_match {
+              single_header {
+                name = "content-type"
+              }
+            }
+            text_transformation {
+              priority = 0
+              type     = "NONE"
+            }
+          }
+        }
+        statement {
+          not_statement {
+            statement {
+              regex_match_statement {
+                regex_string = local.accepted_content_types
+                field_to_match {
+                  single_header {
+                    name = "content-type"
+                  }
+                }
+                text_transformation {
+                  priority = 0
+                  type     = "LOWERCASE"
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+
+    visibility_config {
+      cloudwatch_metrics_enabled = true
+      metric_name                = "${var.name}-accepted-content-types"
+      sampled_requests_enabled   = true
+    }
+  }
+
+  rule {
+    name     = "rate-limit-per-ip"
+    priority = 3
 
     action {
       block {}
@@ -53,6 +120,12 @@ resource "aws_wafv2_web_acl" "this" {
       metric_name                = "${var.name}-rate-limit-per-ip"
       sampled_requests_enabled   = true
     }
+  }
+
+  custom_response_body {
+    key          = "unsupported-media-type"
+    content_type = "APPLICATION_JSON"
+    content      = jsonencode({ error = "unsupported_media_type", message = "send an image (raw, in a multipart form) or JSON with 'url' or 'b64'" })
   }
 
   visibility_config {

@@ -579,3 +579,31 @@ def test_the_alarm_topic_is_encrypted_and_only_this_accounts_alarms_may_publish(
     email = resources("aws_sns_topic_subscription")["alarm_email"]
     assert email["count"] == '${var.alarm_email == "" ? 0 : 1}' and email["protocol"] == "email"
     assert {"alarm_topic_arn", "dashboard_url"} <= set(config()["output"])
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("content_type, accepted", [
+    ("image/jpeg", True), ("image/png", True), ("image/webp", True), ("Image/JPEG", True),
+    ("application/octet-stream", True), ("application/json", True), ("application/json; charset=utf-8", True),
+    ("application/vnd.api+json", True), ("application/x-www-form-urlencoded", True),
+    ("multipart/form-data; boundary=----x", True),
+    ("text/plain", False), ("application/xml", False), ("text/xml", False),
+    ("application/x-java-serialized-object", False), ("multipart/mixed; boundary=x", False),
+    ("application/jsonx", False), ("image/jpeg\nx-evil: 1", False),
+])
+def test_the_waf_refuses_content_types_the_api_does_not_take(content_type, accepted):
+    """The rule's regex, run as WAF runs it (on the lowercased header); a present header that does
+    not match is refused with a JSON 415, a missing one passes (curl -T sends none)."""
+    acl = config()["resource"]["aws_wafv2_web_acl"]["this"]
+    (rule,) = [rule for rule in acl["rule"] if rule["name"] == "accepted-content-types"]
+    assert rule["action"][0]["block"][0]["custom_response"][0]["response_code"] == 415
+    (both,) = rule["statement"][0]["and_statement"]
+    present, refused = both["statement"]
+    assert present["size_constraint_statement"][0]["comparison_operator"] == "GT"
+    regex = refused["not_statement"][0]["statement"][0]["regex_match_statement"][0]
+    assert regex["regex_string"] == "${local.accepted_content_types}"
+    assert regex["text_transformation"][0]["type"] == "LOWERCASE"
+    pattern = config()["locals"]["accepted_content_types"]
+    assert bool(re.search(pattern, content_type.lower())) == accepted
+    bodies = {body["key"]: body for body in acl["custom_response_body"]}
+    assert bodies["unsupported-media-type"]["content_type"] == "APPLICATION_JSON"
