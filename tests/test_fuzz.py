@@ -171,6 +171,25 @@ def test_the_whole_request_path_answers_200_or_our_json_4xx(detector, data):
     assert fuzz.answer_problem(detector([fuzz.request_from(data)])[0]) is None
 
 
+@pytest.mark.unit
+def test_the_structure_aware_forms_build_what_they_name(detector):
+    import io
+
+    from PIL import Image
+
+    assert fuzz.progressive_jpeg(40).count(b"\xff\xda") == 40
+    assert fuzz.deep_json((984).to_bytes(2, "big") + b"\0" + b"1").count(b"[") == 984
+    tiff = fuzz.tiff_with_tags((0x0112).to_bytes(2, "big") + (6).to_bytes(4, "big"))
+    assert Image.open(io.BytesIO(tiff)).tag_v2[0x0112] == 6
+    answers = {name: detector([fuzz.request_from(data)])[0] for name, data in SEEDS.items()}
+    assert {name: fuzz.answer_problem(answer) for name, answer in answers.items()} == dict.fromkeys(SEEDS)
+    errors = {name: json.loads(answer.body).get("error") for name, answer in answers.items()}
+    assert (errors["scans-11"], errors["scans-33"]) == (None, "corrupt_image")
+    assert errors["form-body-field"] == errors["json-huge-number"] == "bad_option"
+    assert errors["deep-json"] in ("bad_option", "bad_json")  # which depends on the stack already in use
+    assert errors["url-fullwidth"] == "url_refused" and errors["tiff-orientation-6"] is None
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_make_fuzz_runs_the_coverage_guided_harness_without_a_crash(tmp_path):

@@ -1,7 +1,10 @@
 """`make fuzz SECONDS=600`: coverage-guided fuzzing (atheris, on libFuzzer) of the request path.
 
 Each input becomes one request as a client could send it (`request_from`: a raw body under some
-content type, JSON, base64 in JSON, a multipart form, or an image URL) and goes through the whole
+content type, JSON, base64 in JSON, a multipart form with its image in a field of any of the names
+clients use, or an image URL) or as an attacker would shape one (JSON options nested to a depth the
+input picks, a progressive JPEG of as many scans as it picks, a TIFF carrying the tags it picks),
+and goes through the whole
 `Detector` of the embedded model: parsing, options, the URL guard (with a resolver that hands out
 public and private addresses alike, and never the network), decoding, transform, predict,
 postprocess. The only answers allowed are a 200 and our own JSON 4xx (`answer_problem`); anything
@@ -21,10 +24,11 @@ import sys
 import warnings
 from pathlib import Path
 
-FORMS = ("raw", "json", "b64", "form", "url")
+FORMS = ("raw", "json", "b64", "form", "url", "deep_json", "scans", "tiff")
 CONTENT_TYPES = (None, "image/jpeg", "image/png", "application/octet-stream", "application/json",
                  "text/plain", "multipart/form-data", "application/problem+json")
 OPTION_NAMES = ("threshold", "max_detections", "classes", "render")  # objdetect.inputs' options
+FILE_FIELDS = ("data", "body", "file", "image")  # "body" is also what TorchServe calls a raw body
 OUT = Path("reports/fuzz")
 
 
@@ -45,13 +49,62 @@ def request_from(data: bytes):
         body = json.dumps({"b64": base64.b64encode(payload).decode()}).encode()
         return Request({"body": body}, {"content-type": "application/json"})
     if form == "url":
-        return Request({"body": json.dumps({"url": payload.decode("latin-1")}).encode()},
+        return Request({"body": json.dumps({"url": payload.decode("utf-8", "surrogateescape")}).encode()},
                        {"content-type": "application/json"})
+    if form == "deep_json":
+        return Request({"body": deep_json(payload)}, {"content-type": "application/json"})
+    if form == "scans":
+        return Request({"body": progressive_jpeg(int.from_bytes(payload[:2], "big"), payload[2:])}, headers)
+    if form == "tiff":
+        return Request({"body": tiff_with_tags(payload)}, headers)
     options, _, image = payload.partition(b"\0")
     fields = {name: value for name, _, value in (line.partition(b"=") for line in options.split(b"\n"))
               if name.decode("latin-1") in OPTION_NAMES}
-    return Request({**{name.decode("latin-1"): value for name, value in fields.items()}, "data": image},
+    file_field = FILE_FIELDS[data[1] % len(FILE_FIELDS)] if len(data) > 1 else "data"
+    return Request({**{name.decode("latin-1"): value for name, value in fields.items()}, file_field: image},
                    {"content-type": "multipart/form-data"})
+
+
+def deep_json(payload: bytes) -> bytes:
+    """{"url": ..., <option>: [[[...<value>...]]]}: bytes 0-1 the depth (to past Python's recursion
+    limit), byte 2 the option, the rest the innermost value's text."""
+    depth = int.from_bytes(payload[:2].ljust(2, b"\0"), "big") % 3000
+    option = OPTION_NAMES[payload[2] % len(OPTION_NAMES)] if len(payload) > 2 else "threshold"
+    inner = payload[3:].decode("latin-1") or "1"
+    return ('{"url": "https://images.example.com/a.jpg", "%s": %s%s%s}'
+            % (option, "[" * depth, inner, "]" * depth)).encode("latin-1")
+
+
+def progressive_jpeg(scans: int, tail: bytes = b"") -> bytes:
+    """A small progressive JPEG whose last scan is repeated to `scans` scans (libjpeg decodes each
+    over the whole image), `tail` appended inside the last scan's data."""
+    from PIL import Image
+
+    from objdetect import synthetic
+
+    encoded = synthetic.encode(Image.new("RGB", (96, 64), (200, 60, 30)), "JPEG", progressive=True)
+    last = encoded.rindex(b"\xff\xda")
+    written = encoded.count(b"\xff\xda")
+    return encoded[:last] + encoded[last:-2] * max(1, scans - written + 1) + tail + b"\xff\xd9"
+
+
+def tiff_with_tags(payload: bytes) -> bytes:
+    """A small TIFF carrying the tags `payload` names: 6 bytes each, a tag id and a 4-byte value
+    (orientation, sizes, strip offsets and counts, anything); where Pillow cannot write them, the
+    payload itself."""
+    import io
+
+    from PIL import Image, TiffImagePlugin
+
+    tags = TiffImagePlugin.ImageFileDirectory_v2()
+    for at in range(0, len(payload) - 5, 6):
+        tags[int.from_bytes(payload[at:at + 2], "big")] = int.from_bytes(payload[at + 2:at + 6], "big")
+    out = io.BytesIO()
+    try:
+        Image.new("RGB", (40, 24), (30, 90, 200)).save(out, "TIFF", tiffinfo=tags)
+    except Exception:  # noqa: BLE001 - tags Pillow refuses to write: the bytes as they are
+        return payload
+    return out.getvalue()
 
 
 def seeds() -> dict[str, bytes]:
@@ -67,6 +120,15 @@ def seeds() -> dict[str, bytes]:
     found["form-png"] = bytes([FORMS.index("form"), 6]) + b"threshold=0.3\nclasses=circle\0" + synthetic.encode(image)
     found["json-options"] = bytes([FORMS.index("json"), 4]) + b'{"b64": "", "threshold": 0.2, "render": true}'
     found["url"] = bytes([FORMS.index("url"), 4]) + b"http://images.example.com/photo.jpg"
+    found["url-fullwidth"] = bytes([FORMS.index("url"), 4]) + "http://１．１．１．１/a.jpg".encode()
+    found["form-body-field"] = bytes([FORMS.index("form"), FILE_FIELDS.index("body")]) + b"threshold=banana\0" + \
+        synthetic.encode(image)
+    found["json-huge-number"] = bytes([FORMS.index("json"), 4]) + b'{"url": "http://a.example/x", "threshold": ' + \
+        b"9" * 400 + b"}"
+    found["deep-json"] = bytes([FORMS.index("deep_json"), 4]) + (984).to_bytes(2, "big") + b"\0" + b"1"
+    found["scans-11"] = bytes([FORMS.index("scans"), 1]) + (11).to_bytes(2, "big")
+    found["scans-33"] = bytes([FORMS.index("scans"), 1]) + (33).to_bytes(2, "big")
+    found["tiff-orientation-6"] = bytes([FORMS.index("tiff"), 0]) + (0x0112).to_bytes(2, "big") + (6).to_bytes(4, "big")
     return found
 
 
