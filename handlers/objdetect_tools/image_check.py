@@ -1,7 +1,8 @@
 """`make image-test`: build objdetect:cuda, run it, and check what a deployment relies on.
 
 Checks: healthy (a READY worker) within a minute; a prediction finds the shapes of a known image;
-the process runs as a non-root user; no compiler, pip, pip cache or C headers are inside; SIGTERM
+TorchServe's frontend runs on Debian's Netty with our request checks, and a 20 MiB form body is one
+400 that leaves it serving; the process runs as a non-root user; no compiler, pip, pip cache or C headers are inside; SIGTERM
 drains and stops it promptly. Prints the image sizes and the cold start: from `run` to the first successful
 prediction. Uses the engine `make image` builds with (objdetect_tools.containers).
 """
@@ -13,6 +14,8 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+
+import requests
 
 from objdetect import synthetic
 
@@ -66,6 +69,14 @@ def main() -> int:
         if answer is not None and answer.status_code == 200:
             labels = sorted(d["label"] for d in answer.json()["detections"])
             check(labels == sorted(sample.labels), f"detections {labels} match the image's shapes")
+        frontend = run(tool, "exec", NAME, "python", "-m", "objdetect_serving.frontend", "check", check=False)
+        check(frontend.returncode == 0 and "deb12u" in frontend.stdout,
+              f"the frontend runs on Debian's Netty: {(frontend.stdout + frontend.stderr).strip()}")
+        form_bomb = requests.post(f"http://127.0.0.1:{port}/predictions/detector", data=b"a&" * (10 * 2**20 - 1),
+                                  headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=60)
+        after = requests.post(f"http://127.0.0.1:{port}/predictions/detector", data=image, timeout=60)
+        check(form_bomb.status_code == 400 and after.status_code == 200,
+              f"a 20 MiB form body gets {form_bomb.status_code}, the next image {after.status_code}")
         healthy = False
         while time.monotonic() - started < 120 and not healthy:
             healthy = run(tool, "healthcheck", "run", NAME, check=False).returncode == 0 if tool == "podman" else \
