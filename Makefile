@@ -18,7 +18,7 @@ METRICS_PORT ?= 8082
 GRPC_INFERENCE_PORT ?= 7070
 GRPC_MANAGEMENT_PORT ?= 7071
 
-.PHONY: setup serve mar test test-unit train-embedded clean image image-test cold-start loadtest soak bench gpu-check fuzz
+.PHONY: setup serve mar test test-unit train-embedded clean image image-test cold-start loadtest soak bench gpu-check fuzz validate-terraform
 
 setup: $(INSTALLED) $(CHECKOV)
 
@@ -109,3 +109,11 @@ GPU_PYTHON ?= $(PY)
 OUT ?=
 gpu-check: $(if $(filter $(PY),$(GPU_PYTHON)),$(INSTALLED))
 	PYTHONPATH=handlers$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PYTHON) scripts/gpu_check.py $(if $(OUT),--out $(OUT)) $(GPU_CHECK_ARGS)
+
+# terraform validate on a copy of terraform/, offline: against a stand-in hashicorp/aws that serves the
+# provider's schema (recovered once from its CDK bindings on PyPI, cached in .venv/terraform-schema/);
+# prints what it could not check. Where registry.terraform.io is reachable,
+# VALIDATE_TERRAFORM_ARGS=--real-provider runs plain terraform init -backend=false && terraform validate.
+VALIDATE_TERRAFORM_ARGS ?=
+validate-terraform: $(INSTALLED)
+	$(PY) scripts/validate_terraform.py $(VALIDATE_TERRAFORM_ARGS)

@@ -4,8 +4,11 @@ terraform {
 
   required_providers {
     aws = {
-      source  = "hashicorp/aws"
-      version = "~> 6.0"
+      source = "hashicorp/aws"
+      # >= 6.21: ECS canary deployments. make validate-terraform checks this configuration against
+      # the schema of hashicorp/aws 6.69.1 (from the pinned cdktn-provider-aws bindings), which this
+      # range must admit.
+      version = ">= 6.21, < 7.0"
     }
   }
 }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -29,6 +30,17 @@ from objdetect_serving.paths import MODEL_CONFIG
 from objdetect_serving.torchserve import Ports, TorchServe, free_port
 
 SHAPES = registry.architecture(registry.EMBEDDED)
+
+
+@pytest.fixture(scope="session")
+def terraform() -> str:
+    """terraform from PATH. In CI (CI set) its absence fails the tests that need it; elsewhere it skips them."""
+    binary = shutil.which("terraform")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("terraform is not on PATH, and CI must run the Terraform tests: install terraform")
+        pytest.skip("terraform is not on PATH (with CI set this fails)")
+    return binary
 
 
 @pytest.fixture(scope="session")
