@@ -13,7 +13,9 @@ server (CVE-2024-29025), and later Netty CVEs apply as well. Nobody upstream wil
   server's own shaded Netty (`io/grpc/netty/shaded`) stays: gRPC listens on loopback only;
 - with `HttpRequestHandler.java` (beside this file) compiled in place of TorchServe's own: the
   checks it adds before any handler reads a body are listed at its top.
-`problem` is what the server checks before it starts (torchserve.py), so a frontend without
+`install` refuses when a field or method that TorchServe's classes refer to in Netty is not in
+Debian's Netty (it was compiled against 4.1.53: a missing one would fail only when that code path
+runs). `problem` is what the server checks before it starts (torchserve.py), so a frontend without
 either never serves.
 
     python -m objdetect_serving.frontend install [--netty-jars /usr/share/java]
@@ -26,11 +28,13 @@ import argparse
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 DEBIAN_PACKAGE = "libnetty-java"
 # The first Debian 12 revision with the CVE-2024-29025 fix (and the 2025 Netty fixes).
@@ -66,6 +70,10 @@ def install(frontend: Path, netty_jars: Path = Path("/usr/share/java")) -> dict:
     for jar in jars:
         shutil.copyfile(jar, frontend / jar.name)
     server_jar = frontend / "model-server.jar"
+    unresolved = unresolved_netty_references([server_jar], [frontend / jar.name for jar in jars])
+    if unresolved:
+        raise SystemExit(f"frontend: TorchServe refers to Netty members that {DEBIAN_PACKAGE} {version} lacks: "
+                         + ", ".join(unresolved[:20]))
     with tempfile.TemporaryDirectory() as classes:
         # Debian's jars first: javac resolves each class at the first classpath entry that has it.
         _compile(HANDLER_SOURCE, [frontend / jar.name for jar in jars] + [server_jar], Path(classes))
@@ -114,6 +122,101 @@ def _rewrite(jar_path: Path, classes: Path) -> None:
         for name, data in sorted(compiled.items()):
             out.writestr(name, data)
     rewritten.replace(jar_path)
+
+
+class JavaClass(NamedTuple):
+    """What the resolution of a field or method reference needs of a class file (JVMS 4)."""
+
+    name: str
+    superclass: str | None
+    interfaces: list[str]
+    members: set[tuple[str, str]]  # (name, descriptor) of its fields and methods
+    references: list[tuple[str, str, str]]  # (class, name, descriptor) of the fields and methods it uses
+
+
+def unresolved_netty_references(users: list[Path], netty_jars: list[Path]) -> list[str]:
+    """The Netty fields and methods that classes in `users` (org/pytorch only) refer to and that no
+    class in `netty_jars` declares or inherits, as `class.name descriptor`."""
+    netty = {java.name: java for jar in netty_jars for java in _classes(jar, ("io/netty/", "org/jctools/"))}
+
+    def declares(owner: str, member: tuple[str, str]) -> bool | None:  # None: decided outside Netty (the JDK)
+        java = netty.get(owner)
+        if java is None:
+            return None if not owner.startswith("io/netty/") else False
+        if member in java.members:
+            return True
+        for parent in filter(None, [java.superclass, *java.interfaces]):
+            found = declares(parent, member)
+            if found or (found is None and not parent.startswith("io/netty/")):
+                return True if found else None
+        return False
+
+    return sorted({f"{owner}.{name} {descriptor}" for jar in users for java in _classes(jar, ("org/pytorch/",))
+                   for owner, name, descriptor in java.references
+                   if owner.startswith("io/netty/") and declares(owner, (name, descriptor)) is False})
+
+
+def _classes(jar_path: Path, prefixes: tuple[str, ...]):
+    with zipfile.ZipFile(jar_path) as jar:
+        for name in jar.namelist():
+            if name.endswith(".class") and name.startswith(prefixes):
+                yield _read_class(jar.read(name))
+
+
+def _read_class(data: bytes) -> JavaClass:
+    """A class file's names, members and member references (JVMS 4.4); its attributes are skipped."""
+    (count,) = struct.unpack_from(">H", data, 8)
+    pool: list[tuple[int, object] | None] = [None] * count  # (tag, a UTF-8 string or constant pool indexes)
+    at, index = 10, 1
+    while index < count:
+        tag = data[at]
+        if tag == 1:  # UTF-8
+            (length,) = struct.unpack_from(">H", data, at + 1)
+            pool[index] = (tag, data[at + 3:at + 3 + length].decode("utf-8", "replace"))
+            at += 3 + length
+        elif tag in (7, 8, 16, 19, 20):  # class, string, method type, module, package: one index
+            pool[index] = (tag, struct.unpack_from(">H", data, at + 1))
+            at += 3
+        elif tag in (3, 4, 9, 10, 11, 12, 17, 18):  # numbers, member refs, name-and-type, dynamic: two
+            pool[index] = (tag, struct.unpack_from(">HH", data, at + 1))
+            at += 5
+        elif tag in (5, 6):  # long, double: eight bytes, two slots
+            at += 9
+            index += 1
+        elif tag == 15:  # method handle
+            at += 4
+        else:
+            raise ValueError(f"constant pool tag {tag}")
+        index += 1
+
+    def utf8(i: int) -> str:
+        return pool[i][1]
+
+    def class_name(i: int) -> str:
+        return utf8(pool[i][1][0])
+
+    _, this, superclass, interface_count = struct.unpack_from(">HHHH", data, at)
+    at += 8
+    interfaces = [class_name(struct.unpack_from(">H", data, at + 2 * i)[0]) for i in range(interface_count)]
+    at += 2 * interface_count
+    members = set()
+    for _ in ("fields", "methods"):
+        (member_count,) = struct.unpack_from(">H", data, at)
+        at += 2
+        for _ in range(member_count):
+            _, name, descriptor, attribute_count = struct.unpack_from(">HHHH", data, at)
+            at += 8
+            members.add((utf8(name), utf8(descriptor)))
+            for _ in range(attribute_count):
+                at += 6 + struct.unpack_from(">I", data, at + 2)[0]
+    references = []
+    for entry in pool:
+        if entry and entry[0] in (9, 10, 11):  # field, method, interface method reference
+            owner, name_and_type = entry[1]
+            name, descriptor = pool[name_and_type][1]
+            references.append((class_name(owner), utf8(name), utf8(descriptor)))
+    return JavaClass(class_name(this), class_name(superclass) if superclass else None, interfaces, members,
+                     references)
 
 
 def debian_version(package: str = DEBIAN_PACKAGE) -> str | None:
