@@ -17,6 +17,7 @@ MANAGEMENT_PORT ?= 8081
 METRICS_PORT ?= 8082
 GRPC_INFERENCE_PORT ?= 7070
 GRPC_MANAGEMENT_PORT ?= 7071
+WORKERS_PORT ?= 9000
 
 .PHONY: setup serve mar test test-unit train-embedded clean image image-test cold-start loadtest soak bench gpu-check fuzz validate-terraform
 
@@ -41,6 +42,7 @@ serve: $(INSTALLED)
 	exec $(PY) scripts/serve.py --name $(NAME) \
 	  --inference-port $(INFERENCE_PORT) --management-port $(MANAGEMENT_PORT) --metrics-port $(METRICS_PORT) \
 	  --grpc-inference-port $(GRPC_INFERENCE_PORT) --grpc-management-port $(GRPC_MANAGEMENT_PORT) \
+	  --workers-port $(WORKERS_PORT) \
 	  $(if $(MODEL),--model $(MODEL)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(LABELS),--labels $(LABELS))
 
 # model_store/$(NAME)-v$(VERSION).mar for MODEL (default: the embedded model).

@@ -45,7 +45,8 @@ def test_make_serve_serves_then_stops_cleanly(stop):
     make = subprocess.Popen(
         ["make", "--no-print-directory", "serve", f"INFERENCE_PORT={ports.inference}",
          f"MANAGEMENT_PORT={ports.management}", f"METRICS_PORT={ports.metrics}",
-         f"GRPC_INFERENCE_PORT={ports.grpc_inference}", f"GRPC_MANAGEMENT_PORT={ports.grpc_management}"],
+         f"GRPC_INFERENCE_PORT={ports.grpc_inference}", f"GRPC_MANAGEMENT_PORT={ports.grpc_management}",
+         f"WORKERS_PORT={ports.workers}"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,  # its own group, as a terminal's foreground job is
     )

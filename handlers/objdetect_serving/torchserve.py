@@ -32,6 +32,7 @@ from .management import Management
 from .paths import CONFIG_PROPERTIES, LOG_CONFIG, METRICS_CONFIG, MODEL_STORE
 
 TORCHSERVE = Path(sys.executable).with_name("torchserve")
+WORKER_PORTS = 32  # free ports kept after Ports.free()'s first worker port: workers started and restarted
 
 
 class ServerError(RuntimeError):
@@ -40,18 +41,22 @@ class ServerError(RuntimeError):
 
 @dataclass(frozen=True)
 class Ports:
-    """TorchServe's five listeners. gRPC cannot be switched off in TorchServe 0.12, so it gets
-    ports too (on loopback, like management), or a second server on the machine fails to bind."""
+    """TorchServe's five listeners, and the first of its workers' ports. gRPC cannot be switched off
+    in TorchServe 0.12, so it gets ports too (on loopback, like management), or a second server on
+    the machine fails to bind. The frontend reaches its workers over loopback TCP (Debian's Netty has
+    no native epoll for Unix sockets: docs/security.md), each worker it starts on the next port from
+    `workers`, so servers side by side need their own."""
 
     inference: int = 8080
     management: int = 8081
     metrics: int = 8082
     grpc_inference: int = 7070
     grpc_management: int = 7071
+    workers: int = 9000
 
     @classmethod
     def free(cls) -> "Ports":
-        return cls(*(free_port() for _ in fields(cls)))
+        return cls(*(free_port(WORKER_PORTS if f.name == "workers" else 1) for f in fields(cls)))
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -184,7 +189,9 @@ class TorchServe:
         text = f"{self.config.read_text()}\nmetrics_config={METRICS_CONFIG}\n"
         for f in fields(self.ports):
             port = getattr(self.ports, f.name)
-            if f.name.startswith("grpc"):
+            if f.name == "workers":
+                pattern, replacement = r"^initial_worker_port=\d+", f"initial_worker_port={port}"
+            elif f.name.startswith("grpc"):
                 pattern, replacement = rf"^{f.name}_port=\d+", f"{f.name}_port={port}"
             else:
                 pattern, replacement = rf"^({f.name}_address=http://[^:\s]+):\d+", rf"\g<1>:{port}"
@@ -259,10 +266,23 @@ def _group_alive(group: int) -> bool:
     return False
 
 
-def free_port() -> int:
+def free_port(run: int = 1) -> int:
+    """A free port on 127.0.0.1, and the `run - 1` ports after it free too."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            first = sock.getsockname()[1]
+        if first + run <= 65536 and all(_bindable(port) for port in range(first + 1, first + run)):
+            return first
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def main(argv: list[str] | None = None) -> int:
