@@ -1,6 +1,6 @@
 """`make gpu-check`: the GPU path, checked and timed in-process, one report (objdetect_tools.gpu_check).
 
-    python scripts/gpu_check.py [--out DIR] [--quick]
+    python scripts/gpu_check.py [--out DIR] [--quick] [--require-cuda]
 """
 
 import sys

@@ -265,8 +265,10 @@ def test_sigterm_answers_every_request_accepted_and_503s_later_ones_until_it_exi
 # --- the wrong hardware ------------------------------------------------------------------------------
 
 def test_require_cuda_without_a_gpu_keeps_the_worker_from_starting_and_the_health_check_failing(model_store):
-    """On this GPU-less machine: what a GPU instance with a broken driver does with require_cuda on."""
-    ts = TorchServe(model_store, {"exact": "exact-v1.0.mar"}, Ports.free(), env={"OBJDETECT_REQUIRE_CUDA": "true"})
+    """What a GPU instance with a broken driver does with require_cuda on: its GPU hidden from the
+    workers, as a broken driver hides it, so any host tests the path without one."""
+    ts = TorchServe(model_store, {"exact": "exact-v1.0.mar"}, Ports.free(),
+                    env={"OBJDETECT_REQUIRE_CUDA": "true", "CUDA_VISIBLE_DEVICES": ""})
     try:
         with pytest.raises(ServerError, match="no READY worker") as failure:
             ts.start(ready_timeout_s=30)

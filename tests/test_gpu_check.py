@@ -1,7 +1,9 @@
-"""make gpu-check, on this machine without a GPU: what needs none runs and is right, what needs CUDA
-is reported as skipped, and the checks' own logic (comparing, declining, reading the loader) is sound."""
+"""make gpu-check with CUDA hidden: what needs none runs and is right, what needs CUDA is reported as
+skipped (an error with --require-cuda), and the checks' own logic (comparing, declining, reading the
+loader) is sound."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -15,13 +17,14 @@ from objdetect_tools import gpu_check
 from objdetect_tools.equivalence import unmatched
 
 CPU = torch.device("cpu")
+NO_GPU = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # the CPU path, on hosts with a GPU too
 
 
 @pytest.mark.integration
 @pytest.mark.slow
 def test_quick_run_on_a_cpu_checks_what_needs_no_gpu_and_says_what_it_skipped(tmp_path):
     command = [sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--quick", "--out", str(tmp_path)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=NO_GPU)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads((tmp_path / "gpu-check.json").read_text())
     checks = report["checks"]
@@ -40,6 +43,16 @@ def test_quick_run_on_a_cpu_checks_what_needs_no_gpu_and_says_what_it_skipped(tm
     summary = (tmp_path / "gpu-check.md").read_text()
     assert all(f"| {name} | {check['status']} |" in summary for name, check in checks.items())
     assert "| ours, batch 4 |" in summary
+
+
+@pytest.mark.integration
+def test_with_require_cuda_no_usable_cuda_is_an_error_before_any_check(tmp_path):
+    command = [sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--require-cuda", "--out", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=NO_GPU)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "--require-cuda, but there is no usable CUDA" in result.stderr
+    assert "CUDA_VISIBLE_DEVICES=''" in result.stderr
+    assert "gpu-check: exact_path" not in result.stdout and not (tmp_path / "gpu-check.json").exists()
 
 
 @pytest.mark.unit

@@ -1,13 +1,14 @@
 """`make gpu-check`: the GPU path, checked and timed in-process, in one command (scripts/gpu_check.py).
 
-    python scripts/gpu_check.py [--out DIR] [--quick]
+    python scripts/gpu_check.py [--out DIR] [--quick] [--require-cuda]
 
 Written for the session that is lent a GPU machine (docs/gpu.md): that machine has torch but no
 TorchServe, no Java and no network, and 15 minutes, so this runs the request path itself
 (`objdetect.pipeline.Detector`, bytes in, our JSON out) and nothing around it. It writes
 gpu-check.json and gpu-check.md to DIR (default reports/gpu-check-<timestamp>). On a machine
-without CUDA it runs the checks that need no GPU and reports the others as skipped, saying why.
-Exit status 1 when a check fails.
+without CUDA it runs the checks that need no GPU and reports the others as skipped, saying why;
+with --require-cuda (the GPU machine's command) no usable CUDA is an error, before any check runs.
+Exit status 1 when a check fails, 2 when --require-cuda finds no usable CUDA.
 
     exact_path          the exact path on CUDA equals the CPU's, on the same weights (the embedded
                         model, and mobilenet 320 with seeded random weights)
@@ -27,6 +28,7 @@ import dataclasses
 import io
 import itertools
 import json
+import os
 import platform
 import statistics
 import sys
@@ -363,11 +365,28 @@ def run(device: torch.device, quick: bool) -> dict:
     return checks
 
 
+def cuda_problem() -> str | None:
+    """Why CUDA cannot run work here, or None when a tensor can be made and computed on it."""
+    if not torch.cuda.is_available():
+        return (f"torch.cuda.is_available() is False (torch {torch.__version__}, built for CUDA "
+                f"{torch.version.cuda or 'none'}; CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
+    try:
+        (torch.ones(1, device="cuda") + 1).item()
+    except Exception as error:  # noqa: BLE001 - any failure is the answer
+        return f"CUDA is reported available but failed: {type(error).__name__}: {error}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, help="report folder (default reports/gpu-check-<timestamp>)")
     parser.add_argument("--quick", action="store_true", help="fewer images, mobilenet only, 1 s per timing (tests)")
+    parser.add_argument("--require-cuda", action="store_true",
+                        help="no usable CUDA is an error (exit 2), not a run with the CUDA checks skipped")
     args = parser.parse_args(argv)
+    if args.require_cuda and (problem := cuda_problem()):
+        print(f"gpu-check: --require-cuda, but there is no usable CUDA: {problem}", file=sys.stderr, flush=True)
+        return 2
     started = datetime.now(timezone.utc)
     out = args.out or ROOT / "reports" / f"gpu-check-{started:%Y%m%dT%H%M%SZ}"
     out.mkdir(parents=True, exist_ok=True)
