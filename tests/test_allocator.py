@@ -15,12 +15,11 @@ from objdetect_tools.workloads import photo
 
 pytestmark = pytest.mark.integration
 
-HANDLERS = Path(__file__).resolve().parents[1] / "handlers"
 # A forward pass in miniature, in a fresh process (malloc's thresholds are process-wide and adapt to
 # its history): ten 3 MB blocks taken, written and freed, twenty times over; minor page faults each.
-REQUESTS = f"""
+# The child is this interpreter, where the project is installed: it imports objdetect as the tests do.
+REQUESTS = """
 import resource, sys
-sys.path.insert(0, {str(HANDLERS)!r})
 from objdetect.allocator import keep_freed_memory
 
 applied = keep_freed_memory() if sys.argv[1] == "kept" else False

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import io
 import json
+import struct
+import threading
+import time
+from collections import Counter
 
 import pytest
 from PIL import Image
@@ -178,12 +182,32 @@ def test_an_unreadable_file_is_a_result_not_an_exception(tmp_path):
     assert result.error == "unreadable" and result.source == str(tmp_path / "gone.jpg")
 
 
-def test_many_images_are_answered_concurrently_each_once(scripted, tmp_path):
-    url, received = scripted((503, BUSY))
-    names = []
+def test_many_images_are_answered_concurrently_each_after_one_retry(http_server, tmp_path):
+    """Each image's first request is answered busy; each request takes a moment, long enough for
+    every worker thread to have one in flight at once."""
+    attempts, in_flight, most, options, lock = Counter(), [0], [0], [], threading.Lock()
+
+    def respond(method, path, headers, body):
+        options.append(b'name="max_detections"\r\n\r\n5' in body)
+        ihdr = body.index(b"IHDR")  # which image: each has a width of its own
+        width = struct.unpack(">I", body[ihdr + 4:ihdr + 8])[0]
+        with lock:
+            attempts[width] += 1
+            first = attempts[width] == 1
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        time.sleep(0.1)
+        with lock:
+            in_flight[0] -= 1
+        status, answer = (503, BUSY) if first else (200, ANSWER)
+        return status, json.dumps(answer).encode(), "application/json"
+
+    names = {}
     for i in range(12):
-        names.append(str(tmp_path / f"img{i}.png"))
-        (tmp_path / f"img{i}.png").write_bytes(png())
-    results = list(Client(url, retry=FAST).detect_many(names, concurrency=4, max_detections=5))
-    assert sorted(r.source for r in results) == sorted(names) and all(r.ok for r in results)
-    assert len(received) == 13 and all(b'name="max_detections"\r\n\r\n5' in body for body in received)
+        names[64 + i] = str(tmp_path / f"img{i}.png")
+        (tmp_path / f"img{i}.png").write_bytes(png(width=64 + i))
+    client = Client(http_server(respond), retry=FAST)
+    results = list(client.detect_many(list(names.values()), concurrency=4, max_detections=5))
+    assert sorted(r.source for r in results) == sorted(names.values()) and all(r.ok for r in results)
+    assert attempts == {width: 2 for width in names} and all(options)  # one busy answer, one retry, per image
+    assert most[0] == 4

@@ -17,6 +17,7 @@ import requests
 import torch
 from PIL import Image
 from pycocotools.coco import COCO
+from torchvision.ops import box_iou
 
 from objdetect import synthetic
 from objdetect_client.results_file import load
@@ -180,17 +181,19 @@ def image_host(http_server, tmp_path):
 
 def test_a_url_list_with_an_api_key_and_options(server, image_host, tmp_path):
     site, url = image_host
-    write_images(site, ["a.png", "b.jpg"])
+    samples = write_images(site, ["a.png", "b.jpg"])  # squares and triangles; two circles
     listing = tmp_path / "urls.txt"
     listing.write_text(f"# two images and a missing one\n{url}/a.png\n{url}/b.jpg\n{url}/gone.png\n")
     common = ["detect", "--list", str(listing), "--endpoint", server.url(), "--model", "guarded", "--quiet"]
-    run = cli(*common, "--api-key", "test-key", "--max-detections", "1", "--classes", "circle,square",
+    run = cli(*common, "--api-key", "test-key", "--max-detections", "1", "--classes", "circle,triangle",
               "--threshold", "0.1")
     results = {r["source"]: r for r in map(json.loads, run.stdout.splitlines())}
     assert run.returncode == 1 and len(results) == 3, run.stderr
-    for name in ("a.png", "b.jpg"):
-        detections = results[f"{url}/{name}"]["detections"]
-        assert len(detections) <= 1 and {d["label"] for d in detections} <= {"circle", "square"}
+    for name, label in (("a.png", "triangle"), ("b.jpg", "circle")):  # a.png's squares are not asked for
+        (found,) = results[f"{url}/{name}"]["detections"]
+        sample = samples[str(site / name)]
+        shapes = torch.tensor([box for box, shape in zip(sample.boxes, sample.labels) if shape == label])
+        assert found["label"] == label and box_iou(shapes, torch.tensor([found["box"]])).max() >= 0.5, found
     assert results[f"{url}/gone.png"]["error"] == "url_fetch_failed"
     unauthorized = cli(*common)  # no key
     assert {json.loads(line)["error"] for line in unauthorized.stdout.splitlines()} == {"unauthorized"}

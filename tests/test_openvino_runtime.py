@@ -66,11 +66,16 @@ def test_a_batch_of_several_sizes_equals_torchvisions_forward_pass(shapes_model)
 
 
 def test_the_parts_saved_in_an_archive_serve_as_the_converted_ones(shapes_model, shapes_labels, default_settings,
-                                                                   shapes_openvino_ir):
-    loaded = Detector(shapes_model, shapes_labels, default_settings, openvino_ir=shapes_openvino_ir)
+                                                                   shapes_openvino_ir, monkeypatch):
     converted = Detector(shapes_model, shapes_labels, default_settings)
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("converted again although the archive carries the parts")
+
+    monkeypatch.setattr(openvino_runtime, "convert", no_conversion)
+    loaded = Detector(shapes_model, shapes_labels, default_settings, openvino_ir=shapes_openvino_ir)
     _, runtime = openvino_runtime.choose(default_settings.runtime, default_settings.cpu_precision, torch.device("cpu"))
-    assert loaded.runtime == converted.runtime == runtime
+    assert loaded.runtime == converted.runtime == runtime and runtime.startswith("openvino")
     request = Request({"body": synthetic.encode(synthetic.generate(synthetic.SAMPLE_SEED).image)})
     answers = [json.loads(detector([request])[0].body)["detections"] for detector in (loaded, converted)]
     assert answers[0] == answers[1] and len(answers[0]) == 6

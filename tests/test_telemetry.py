@@ -4,6 +4,7 @@ and the frontend's log configuration. Against a real TorchServe: test_observabil
 
 import json
 import re
+import time
 import xml.etree.ElementTree as ElementTree
 
 import pytest
@@ -71,7 +72,8 @@ def test_the_log_line_is_one_json_object_with_what_operators_need():
 def test_with_a_namespace_the_line_is_cloudwatch_embedded_metric_format():
     fields = json.loads(telemetry.log_line(SERVED, "detector", "1.0", "objdetect", {"gpu_memory_mb": 812.0}))
     directives = fields["_aws"]["CloudWatchMetrics"]
-    assert isinstance(fields["_aws"]["Timestamp"], int)
+    timestamp = fields["_aws"]["Timestamp"]  # epoch milliseconds, as CloudWatch requires
+    assert isinstance(timestamp, int) and abs(timestamp - time.time() * 1000) < 5000
     for directive in directives:  # what CloudWatch requires of each: its members exist, numbers and strings
         assert directive["Namespace"] == "objdetect"
         for dimension_set in directive["Dimensions"]:
