@@ -168,3 +168,13 @@ def test_warm_up_runs_the_model_once_at_its_input_size(detector):
         hook.remove()
     width, height = detector.spec.input_size(4000, 3000)  # a 4:3 image at the size the model resizes to
     assert seen == [(3, height, width)] and width / height == pytest.approx(4 / 3, rel=0.01)
+
+
+@pytest.mark.parametrize("step", ["decode_image", "shrink_to_model", "postprocess"])
+def test_out_of_memory_in_any_step_is_left_to_torchserve(detector, monkeypatch, step):
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(pipeline, step, oom)
+    with pytest.raises(torch.OutOfMemoryError):
+        detector([Request({"body": encode(synthetic.generate(9).image)})])

@@ -141,8 +141,6 @@ class Detector:
             return outcome.timed("decode", _ms_since(clock), request=parsed, image=image)
         except RequestError as error:
             return replace(outcome, error=error)
-        except torch.OutOfMemoryError:
-            raise  # the server's problem (nvJPEG's memory): TorchServe answers 507
         except Exception as error:  # noqa: BLE001 - what we did not foresee fails this request alone
             return replace(outcome, error=_unforeseen(error, "reading"))
 
@@ -169,8 +167,6 @@ class Detector:
             if self.settings.pre_resize or is_sliver(image):
                 image = shrink_to_model(image, self.spec)
             model_input = pad_to_aspect(to_model_input(image.pixels, self.device), self.spec)
-        except torch.OutOfMemoryError:
-            raise  # the server's problem: TorchServe answers 507
         except Exception as error:  # noqa: BLE001
             return replace(outcome, error=_unforeseen(error, "preparing"))
         return outcome.timed("transform", _ms_since(clock), image=image, model_input=model_input)
@@ -244,7 +240,10 @@ class Detector:
 
 def _unforeseen(error: Exception, step: str) -> RequestError:
     """An exception no step turned into a RequestError: a defect of ours that this request found.
-    Logged with its traceback; the request gets a 500 of its own, and its batch is answered."""
+    Logged with its traceback; the request gets a 500 of its own, and its batch is answered.
+    Out of GPU memory is re-raised: the server's problem, which TorchServe answers with 507."""
+    if isinstance(error, torch.OutOfMemoryError):
+        raise error
     log.error("unexpected %s while %s a request", type(error).__name__, step, exc_info=error)
     return RequestError("request_failed", f"the server failed while {step} this request "
                         f"({type(error).__name__}); it was logged", status=500)
