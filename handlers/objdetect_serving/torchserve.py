@@ -28,8 +28,9 @@ import psutil
 from . import frontend
 from .drain import TOKEN_ENV, DrainPolicy, drain, marker
 from .java import JavaNotFound, java_environment
-from .management import Management
+from .management import Management, ManagementError
 from .paths import CONFIG_PROPERTIES, LOG_CONFIG, METRICS_CONFIG, MODEL_STORE
+from .release import RELEASE_ENV, RELEASE_SHA256_ENV, ReleaseError, fetch, register
 
 TORCHSERVE = Path(sys.executable).with_name("torchserve")
 WORKER_PORTS = 32  # free ports kept after Ports.free()'s first worker port: workers started and restarted
@@ -93,9 +94,11 @@ class TorchServe:
         return self._log_dir or self.workdir / "logs"
 
     def start(self, ready_timeout_s: float = 180) -> "TorchServe":
-        """Raises ServerError when TorchServe finds no Java runtime, exits or has no READY worker in time."""
+        """Raises ServerError when TorchServe finds no Java runtime, exits, or does not answer
+        with a READY worker for each of its models in time."""
         self.launch()
         try:
+            self.wait_listening(ready_timeout_s)
             for name in self.models:
                 self.wait_ready(name, ready_timeout_s)
         except BaseException:
@@ -128,12 +131,27 @@ class TorchServe:
             TOKEN_ENV: self.drain_token,
         }
         command = [str(TORCHSERVE), "--start", "--foreground", "--ncs", "--ts-config", str(config),
-                   "--log-config", str(LOG_CONFIG), "--model-store", str(self.model_store),
-                   "--models", *(f"{name}={archive}" for name, archive in self.models.items())]
+                   "--log-config", str(LOG_CONFIG), "--model-store", str(self.model_store)]
+        if self.models:  # none: models are registered once it listens (a release)
+            command += ["--models", *(f"{name}={archive}" for name, archive in self.models.items())]
         with open(self.workdir / "torchserve.out", "wb") as out:
             self.process = subprocess.Popen(command, cwd=self.workdir, env=env, stdout=None if self.console else out,
                                             stderr=subprocess.STDOUT, start_new_session=True)
         return self
+
+    def wait_listening(self, timeout_s: float = 180) -> None:
+        """Until the management API answers (models given at launch load after that)."""
+        management = Management(self.url("management"), timeout_s=3)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerError(f"TorchServe exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                management.models()
+                return
+            except ManagementError:
+                time.sleep(0.25)
+        raise ServerError(f"TorchServe's management API did not answer within {timeout_s:.0f} s:\n{self.log_tail()}")
 
     def wait_ready(self, model: str, timeout_s: float = 180) -> None:
         """Until the model has a READY worker (TorchServe's /ping says Healthy before workers load)."""
@@ -209,9 +227,10 @@ class TorchServe:
 
 
 def run_until_signal(server: TorchServe, name: str, on_ready: Callable[[], None] = lambda: None,
-                     drain_policy: DrainPolicy = DrainPolicy()) -> int:
-    """Starts `server`, calls `on_ready`, and serves until SIGTERM (drained first: TorchServe.drain)
-    or SIGINT (a person's Ctrl-C: stopped at once); then stops the whole process group. Returns an
+                     drain_policy: DrainPolicy = DrainPolicy(), prepare: Callable[[], None] = lambda: None) -> int:
+    """Starts `server`, calls `prepare` (a ServerError there stops it), marks it serving for the
+    health check, calls `on_ready`, and serves until SIGTERM (drained first: TorchServe.drain) or
+    SIGINT (a person's Ctrl-C: stopped at once); then stops the whole process group. Returns an
     exit status: 0 when stopped by a signal."""
     received = {}
 
@@ -219,13 +238,16 @@ def run_until_signal(server: TorchServe, name: str, on_ready: Callable[[], None]
         received["signal"] = signum
         raise KeyboardInterrupt
 
-    marker(server.ports.management).unlink(missing_ok=True)  # a previous server's, killed mid-drain
+    for leftover in (marker(server.ports.management), serving_marker(server.ports.management)):
+        leftover.unlink(missing_ok=True)  # a previous server's, killed
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
         print(f"{name}: starting TorchServe", flush=True)
         server.start()
         print(f"{name}: TorchServe logs are in {server.log_dir}", flush=True)
+        prepare()
+        serving_marker(server.ports.management).touch()
         on_ready()
         server.process.wait()
         print(f"{name}: TorchServe exited by itself ({server.process.returncode}):\n{server.log_tail()}",
@@ -252,7 +274,15 @@ def run_until_signal(server: TorchServe, name: str, on_ready: Callable[[], None]
         server.stop()
         server.cleanup()
         marker(server.ports.management).unlink(missing_ok=True)
+        serving_marker(server.ports.management).unlink(missing_ok=True)
         print(f"{name}: stopped; no TorchServe process is left", flush=True)
+
+
+def serving_marker(management_port: int) -> Path:
+    """The file that says the server on `management_port` serves all it was started for (every
+    version of its release registered, every default set): until then the health check fails,
+    though a first version may already be READY."""
+    return Path(tempfile.gettempdir()) / f"objdetect-serving-{management_port}"
 
 
 def _group_alive(group: int) -> bool:
@@ -290,18 +320,55 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Serve model archives with TorchServe until SIGTERM, "
                                      "or check that a model has a READY worker (the health check).")
     parser.add_argument("--model-store", type=Path, default=MODEL_STORE)
-    parser.add_argument("--models", nargs="+", default=["detector=detector-v1.0.mar"], metavar="NAME=ARCHIVE")
+    parser.add_argument("--models", nargs="+", default=["detector=detector-v1.0.mar"], metavar="NAME=ARCHIVE",
+                        help="the archives in --model-store to serve when no release is given")
+    parser.add_argument("--release", default=os.environ.get(RELEASE_ENV) or None, metavar="S3_URI",
+                        help=f"serve this release from the model store instead (default ${RELEASE_ENV}): "
+                             "objdetect_serving/release.py")
+    parser.add_argument("--release-sha256", default=os.environ.get(RELEASE_SHA256_ENV), metavar="HEX",
+                        help=f"the release manifest's SHA-256 (default ${RELEASE_SHA256_ENV})")
+    parser.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "objdetect-release",
+                        help="where a release's archives are downloaded (default %(default)s)")
     Ports.add_arguments(parser)
     DrainPolicy.add_arguments(parser)
     parser.add_argument("--check", metavar="NAME",
-                        help="exit 0 when model NAME has a READY worker and the server is not draining, else 1")
+                        help="exit 0 when the server serves all it was started for, model NAME has a READY "
+                             "worker and the server is not draining, else 1")
     args = parser.parse_args(argv)
     if args.check:
-        if marker(args.management_port).exists():
-            print("draining: shutting down after SIGTERM")
-            return 1
-        return 0 if Management(f"http://127.0.0.1:{args.management_port}", timeout_s=3).ready(args.check) else 1
-    models = dict(pair.split("=", 1) for pair in args.models)
-    server = TorchServe(args.model_store, models, Ports.from_arguments(args), console=True)
-    return run_until_signal(server, "objdetect", lambda: print(f"objdetect: {', '.join(models)} READY", flush=True),
-                            DrainPolicy.from_arguments(args))
+        return check(args.check, args.management_port)
+    ports = Ports.from_arguments(args)
+    if not args.release:
+        models = dict(pair.split("=", 1) for pair in args.models)
+        server = TorchServe(args.model_store, models, ports, console=True)
+        return run_until_signal(server, "objdetect", lambda: print(f"objdetect: {', '.join(models)} READY", flush=True),
+                                DrainPolicy.from_arguments(args))
+    try:  # before TorchServe starts: a release that cannot be served whole is not served at all
+        release, archives = fetch(args.release, args.release_sha256, args.scratch)
+    except ReleaseError as error:
+        print(f"objdetect: {error}", file=sys.stderr, flush=True)
+        return 1
+    print(f"objdetect: release {release.release_id} verified: {release.summary()}", flush=True)
+    server = TorchServe(args.scratch, {}, ports, console=True)
+
+    def register_release() -> None:
+        try:
+            register(release, archives, Management(server.url("management")),
+                     lambda line: print(f"objdetect: {line}", flush=True))
+        except ReleaseError as error:
+            raise ServerError(str(error)) from None
+
+    return run_until_signal(server, "objdetect",
+                            lambda: print(f"objdetect: release {release.release_id} READY: {release.summary()}", flush=True),
+                            DrainPolicy.from_arguments(args), prepare=register_release)
+
+
+def check(name: str, management_port: int) -> int:
+    """The health check: 0 when the server serves what it was started for and `name` is READY."""
+    if marker(management_port).exists():
+        print("draining: shutting down after SIGTERM")
+        return 1
+    if not serving_marker(management_port).exists():
+        print("starting: not every model of the server is registered yet")
+        return 1
+    return 0 if Management(f"http://127.0.0.1:{management_port}", timeout_s=3).ready(name) else 1
