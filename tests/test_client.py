@@ -21,7 +21,7 @@ from objdetect_serving.torchserve import free_port
 
 pytestmark = pytest.mark.unit
 
-OK = Result("a.jpg", 64, 48, (Detection("circle", 1, 0.9, (1.0, 2.0, 11.0, 22.0)),))
+OK = Result("a.jpg", 64, 48, (Detection("circle", 1, 0.9, (1.0, 2.0, 11.0, 22.0)),), model="detector", version="2.0")
 BUSY = {"code": 503, "type": "ServiceUnavailableException", "message": "Model \"detector\" has no worker"}
 ANSWER = {"model": "detector", "version": "1.0", "width": 64, "height": 48,
           "detections": [{"label": "square", "class_id": 2, "score": 0.75, "box": [1, 2, 3, 4]}]}
@@ -37,7 +37,7 @@ def test_a_result_round_trips_through_its_json_line():
     failed = Result("b.jpg", error="corrupt_image", message="truncated", status=400, request_id="r1")
     for result in (OK, failed):
         assert Result.from_json(json.loads(json.dumps(result.to_json()))) == result
-    assert OK.to_json() == {"source": "a.jpg", "width": 64, "height": 48, "detections": [
+    assert OK.to_json() == {"source": "a.jpg", "model": "detector", "version": "2.0", "width": 64, "height": 48, "detections": [
         {"label": "circle", "class_id": 1, "score": 0.9, "box": [1.0, 2.0, 11.0, 22.0]}]}
 
 
@@ -140,7 +140,7 @@ def test_busy_and_worker_died_answers_are_retried_until_an_answer(scripted):
     url, received = scripted((503, BUSY), (507, {"code": 507, "type": "InternalServerException",
                                                  "message": "Worker died."}))
     result = Client(url, retry=FAST).detect(png(), name="a.png", threshold=0.3, classes=["square"])
-    assert result == Result("a.png", 64, 48, (Detection("square", 2, 0.75, (1, 2, 3, 4)),))
+    assert result == Result("a.png", 64, 48, (Detection("square", 2, 0.75, (1, 2, 3, 4)),), model="detector", version="1.0")
     assert len(received) == 3
     assert b'name="threshold"\r\n\r\n0.3' in received[0] and b'name="classes"\r\n\r\nsquare' in received[0]
 

@@ -63,6 +63,7 @@ def test_a_folder_with_good_and_bad_files_gets_one_line_each_and_renders(server,
     for path, sample in samples.items():
         result = results[path]
         assert result.ok and (result.width, result.height) == sample.image.size, result
+        assert (result.model, result.version) == ("detector", "1.0")  # who answered, from the server's answer
         assert result.detections and {d.label for d in result.detections} <= set(synthetic.SHAPE_CLASSES)
         assert all(d.score >= 0.3 for d in result.detections)
         with Image.open(renders / f"{str(path).strip('/').replace('/', '_')}.jpg") as render:

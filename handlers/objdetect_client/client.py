@@ -117,7 +117,7 @@ def _result(name: str, response: requests.Response) -> Result:
         body = None
     if response.status_code == 200 and isinstance(body, dict) and "detections" in body:
         return Result(name, body["width"], body["height"], tuple(Detection.from_json(d) for d in body["detections"]),
-                      request_id=request_id)
+                      request_id=request_id, model=body.get("model"), version=body.get("version"))
     body = body if isinstance(body, dict) else {}
     return Result(name, error=body.get("error") or body.get("type") or f"http_{response.status_code}",
                   message=body.get("message") or response.text[:200] or response.reason,

@@ -40,6 +40,8 @@ class Result:
     message: str | None = None
     status: int | None = None  # the HTTP status; None when no answer came
     request_id: str | None = None  # the server's id for the request (its X-Request-Id), for its logs
+    model: str | None = None  # the model and version that answered (in a fleet: the task's release)
+    version: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -52,8 +54,8 @@ class Result:
 
     def to_json(self) -> dict:
         if self.ok:
-            return {"source": self.source, "width": self.width, "height": self.height,
-                    "detections": [d.to_json() for d in self.detections]}
+            return {"source": self.source, "model": self.model, "version": self.version, "width": self.width,
+                    "height": self.height, "detections": [d.to_json() for d in self.detections]}
         return {"source": self.source, "error": self.error, "message": self.message, "status": self.status,
                 "request_id": self.request_id}
 
@@ -61,6 +63,7 @@ class Result:
     def from_json(cls, data: dict) -> "Result":
         if data.get("error") is None:
             return cls(data["source"], data["width"], data["height"],
-                       tuple(Detection.from_json(d) for d in data["detections"]))
+                       tuple(Detection.from_json(d) for d in data["detections"]),
+                       model=data.get("model"), version=data.get("version"))
         return cls(data["source"], error=data["error"], message=data.get("message"), status=data.get("status"),
                    request_id=data.get("request_id"))
