@@ -99,7 +99,7 @@ def test_deploy_registers_a_gpu_revision_with_the_new_image_and_waits_until_stab
     old_td, new_td = strip(old["taskDefinition"]), strip(new["taskDefinition"])
     old_td["containerDefinitions"][0]["image"] = container["image"]
     assert new_td == old_td
-    assert new["tags"] == old["tags"]
+    assert new["tags"] == old["tags"] + [{"key": deploy.PREVIOUS_TAG, "value": f"{NAME}:1"}]  # what it ran before
     out = capsys.readouterr().out
     assert f"registered {NAME}:2" in out
     assert f"revision {NAME}:2, running 1/1" in out

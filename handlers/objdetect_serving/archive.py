@@ -67,10 +67,16 @@ def build_mar(model: str, out_dir: Path, name: str = "detector", version: str = 
         if openvino and openvino_runtime.available():
             parts = openvino_runtime.convert(built, torch.full((3, 480, 640), 0.5))
             openvino_runtime.save(*parts, staging / openvino_runtime.IR_FOLDER)
-        generate_model_archive(ModelArchiverConfig(
-            model_name=name, version=version, handler=str(HANDLER), serialized_file=str(weights),
-            extra_files=str(staging), config_file=str(config), export_path=str(staging), force=True,
-        ))
+        # The archiver copies everything into <tempdir>/<model name> (removing what is there first),
+        # which every build of that name on the machine would share: this build's is its own.
+        shared_tempdir, tempfile.tempdir = tempfile.tempdir, str(staging)
+        try:
+            generate_model_archive(ModelArchiverConfig(
+                model_name=name, version=version, handler=str(HANDLER), serialized_file=str(weights),
+                extra_files=str(staging), config_file=str(config), export_path=str(staging), force=True,
+            ))
+        finally:
+            tempfile.tempdir = shared_tempdir
         target = archive_path(out_dir, name, version)
         shutil.move(staging / f"{name}.mar", target)
     return target

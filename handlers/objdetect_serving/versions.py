@@ -199,12 +199,25 @@ def read_token(args) -> str | None:
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_server_options(top)
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_server_commands(commands)
+    return top
+
+
+def add_server_options(top) -> None:
+    """How to reach one TorchServe's management API (on a parser or an argument group: objdetect_tools.releases
+    adds them to its own CLI)."""
     top.add_argument("--url", default=os.environ.get("OBJDETECT_MANAGEMENT_URL", DEFAULT_URL),
                      help="management API (default %(default)s)")
     top.add_argument("--token", help="management token, when TorchServe token authorization is on")
     top.add_argument("--key-file", help="TorchServe's key_file.json, to read the management token from")
     top.add_argument("--state", type=Path, default=DEFAULT_STATE, help="where set-default history is kept")
-    commands = top.add_subparsers(dest="command", required=True)
+
+
+def add_server_commands(commands, rollback: bool = True) -> None:
+    """The one-server verbs. `rollback=False` leaves `rollback` to a caller that gives it more to do
+    (objdetect_tools.releases: the ECS service's rollback too); its NAME then runs `cmd_rollback`."""
     commands.add_parser("list", help="models, versions, defaults and workers").set_defaults(run=cmd_list)
     describe = commands.add_parser("describe", help="one model's versions in full")
     describe.add_argument("name")
@@ -225,9 +238,10 @@ def parser() -> argparse.ArgumentParser:
     set_default.add_argument("name")
     set_default.add_argument("version")
     set_default.set_defaults(run=cmd_set_default)
-    rollback = commands.add_parser("rollback", help="back to the previous default")
-    rollback.add_argument("name")
-    rollback.set_defaults(run=cmd_rollback)
+    if rollback:
+        rollback_ = commands.add_parser("rollback", help="back to the previous default")
+        rollback_.add_argument("name")
+        rollback_.set_defaults(run=cmd_rollback)
     scale = commands.add_parser("scale", help="set the worker range (the default version without VERSION)")
     scale.add_argument("name")
     scale.add_argument("version", nargs="?")
@@ -239,11 +253,10 @@ def parser() -> argparse.ArgumentParser:
     unregister.add_argument("version")
     unregister.add_argument("--force", action="store_true", help="also the default version while others remain")
     unregister.set_defaults(run=cmd_unregister)
-    return top
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """Runs a parsed one-server command against the management API: 0, or 1 with one line on stderr."""
     try:
         api = Management(args.url, read_token(args))
         args.history = DefaultHistory(args.state, api.url)
@@ -252,3 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"models: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(parser().parse_args(argv))

@@ -15,6 +15,10 @@
 Exit status: 0 deployed; 1 nothing changed (bad arguments, no such service or image);
 2 rolled back to the previous revision, which is stable; 3 rolled back, but that is not stable
 either (look at the service now). boto3 honours AWS_ENDPOINT_URL and the usual credential chain.
+
+A release of models (objdetect_tools.releases) goes through the same steps: `deploy` takes the
+change to make to the container as a function, so an image and a release are rolled out, watched
+and rolled back by one piece of code.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import math
 import re
 import sys
 from dataclasses import dataclass
+from typing import Callable
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError, WaiterError
@@ -34,6 +39,13 @@ ECR_IMAGE = re.compile(r"^(?P<registry>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)
 
 class DeployError(RuntimeError):
     pass
+
+
+# Edits one container definition (the new revision's) in place, and says what it changed, for the log.
+ContainerChange = Callable[[dict], str]
+# On every revision registered here: the revision the service ran before it. ECS keeps no history of
+# what a service ran; this is it, and what a release's rollback follows (objdetect_tools.releases).
+PREVIOUS_TAG = "objdetect:previous"
 
 
 @dataclass
@@ -52,23 +64,33 @@ def describe_service(ecs, cluster: str, service: str) -> dict:
     return services[0]
 
 
-def new_revision_request(ecs, task_definition: str, image: str | None, image_tag: str | None,
-                         container: str | None) -> tuple[dict, str]:
-    """RegisterTaskDefinition arguments equal to `task_definition`'s, with the container's image
-    replaced. Returns (arguments, the new image)."""
+def new_revision_request(ecs, task_definition: str, change: ContainerChange, container: str | None = None,
+                         tags: dict[str, str] | None = None) -> tuple[dict, str]:
+    """RegisterTaskDefinition arguments equal to `task_definition`'s (its tags included), with
+    `change` applied to the container and `tags` added or replaced. Returns (arguments, what changed)."""
     described = ecs.describe_task_definition(taskDefinition=task_definition, include=["TAGS"])
     current = described["taskDefinition"]
     # Exactly what RegisterTaskDefinition accepts, from the API model: describe also returns
     # read-only fields (arn, revision, status, registeredAt ...), which register would refuse.
     accepted = ecs.meta.service_model.operation_model("RegisterTaskDefinition").input_shape.members
     request = {key: value for key, value in current.items() if key in accepted}
-    if described.get("tags"):
-        request["tags"] = described["tags"]
+    kept = [tag for tag in described.get("tags") or [] if tag["key"] not in (tags or {})]
+    if kept or tags:
+        request["tags"] = kept + [{"key": key, "value": value} for key, value in (tags or {}).items()]
 
-    target = pick_container(request["containerDefinitions"], container)
-    new_image = image or with_tag(target["image"], image_tag)
-    target["image"] = new_image
-    return request, new_image
+    what = change(pick_container(request["containerDefinitions"], container))
+    return request, what
+
+
+def image_change(image: str | None, image_tag: str | None, ecr_client_for) -> ContainerChange:
+    """The container's image replaced by `image`, or its tag by `image_tag`; an ECR tag must exist."""
+    def change(definition: dict) -> str:
+        new_image = image or with_tag(definition["image"], image_tag)
+        check_image_exists(ecr_client_for, new_image)
+        definition["image"] = new_image
+        return f"with {new_image}"
+
+    return change
 
 
 def pick_container(definitions: list[dict], name: str | None) -> dict:
@@ -139,11 +161,11 @@ def roll_out(ecs, cluster: str, service: str, task_definition: str, timeout_s: f
 def report(ecs, cluster: str, service: str, print_=print, events: int = 5) -> None:
     state = describe_service(ecs, cluster, service)
     primary = next((d for d in state.get("deployments", []) if d.get("status") == "PRIMARY"), {})
-    print_(f"deploy: service {service}: revision {short(state['taskDefinition'])}, "
+    print_(f"service {service}: revision {short(state['taskDefinition'])}, "
            f"running {state['runningCount']}/{state['desiredCount']} (pending {state['pendingCount']}), "
            f"rollout {primary.get('rolloutState', 'unknown')}")
     for event in state.get("events", [])[:events]:
-        print_(f"deploy:   {event['createdAt']:%Y-%m-%d %H:%M:%S} {event['message']}")
+        print_(f"  {event['createdAt']:%Y-%m-%d %H:%M:%S} {event['message']}")
 
 
 def report_safely(ecs, cluster: str, service: str, print_=print) -> None:
@@ -151,7 +173,7 @@ def report_safely(ecs, cluster: str, service: str, print_=print) -> None:
     try:
         report(ecs, cluster, service, print_)
     except (BotoCoreError, ClientError, DeployError) as error:
-        print_(f"deploy: could not describe the service: {error}")
+        print_(f"could not describe the service: {error}")
 
 
 def short(task_definition_arn: str) -> str:
@@ -159,29 +181,45 @@ def short(task_definition_arn: str) -> str:
     return task_definition_arn.rsplit("/", 1)[-1]
 
 
-def deploy(ecs, ecr_client_for, *, cluster: str, service: str, image: str | None = None, image_tag: str | None = None,
-           container: str | None = None, base_task_definition: str | None = None,
+def deploy(ecs, change: ContainerChange, *, cluster: str, service: str, container: str | None = None,
+           base_task_definition: str | None = None, tags: dict[str, str] | None = None,
            timeout_s: float = 1800, poll_s: float = 15, print_=print) -> int:
-    current = describe_service(ecs, cluster, service)
-    previous = current["taskDefinition"]
-    request, new_image = new_revision_request(ecs, base_task_definition or previous, image, image_tag, container)
-    check_image_exists(ecr_client_for, new_image)
+    """Registers the service's task definition (or `base_task_definition`) again with `change` made
+    to its container, and rolls the service out to it (`roll_out_or_back`). Raises DeployError or
+    botocore's errors only before anything changed."""
+    previous = describe_service(ecs, cluster, service)["taskDefinition"]
+    request, what = new_revision_request(ecs, base_task_definition or previous, change, container, tags)
+    return register_and_roll_out(ecs, request, what, cluster=cluster, service=service, previous=previous,
+                                 timeout_s=timeout_s, poll_s=poll_s, print_=print_)
 
+
+def register_and_roll_out(ecs, request: dict, what: str, *, cluster: str, service: str, previous: str,
+                          timeout_s: float, poll_s: float, print_=print) -> int:
+    """Registers the revision, tagged with the one the service ran (PREVIOUS_TAG), and rolls out to it."""
+    tags = [tag for tag in request.get("tags", []) if tag["key"] != PREVIOUS_TAG]
+    request = {**request, "tags": tags + [{"key": PREVIOUS_TAG, "value": short(previous)}]}
     registered = ecs.register_task_definition(**request)["taskDefinition"]["taskDefinitionArn"]
-    print_(f"deploy: registered {short(registered)} with {new_image} (service ran {short(previous)})")
-    outcome = roll_out(ecs, cluster, service, registered, timeout_s, poll_s)
+    print_(f"registered {short(registered)} {what} (service ran {short(previous)})")
+    return roll_out_or_back(ecs, cluster, service, registered, previous, timeout_s, poll_s, print_)
+
+
+def roll_out_or_back(ecs, cluster: str, service: str, target: str, previous: str, timeout_s: float, poll_s: float,
+                     print_=print) -> int:
+    """Rolls the service out to `target`; when that does not become stable, back to `previous`.
+    Returns DEPLOYED, ROLLED_BACK or ROLLBACK_UNSTABLE."""
+    outcome = roll_out(ecs, cluster, service, target, timeout_s, poll_s)
     report_safely(ecs, cluster, service, print_)
     if outcome.stable:
-        print_(f"deploy: {service} runs {short(registered)}: deployed")
+        print_(f"{service} runs {short(target)}: deployed")
         return DEPLOYED
 
-    print_(f"deploy: {short(registered)} {outcome.reason}; rolling back to {short(previous)}")
+    print_(f"{short(target)} {outcome.reason}; rolling back to {short(previous)}")
     rollback = roll_out(ecs, cluster, service, previous, timeout_s, poll_s)
     report_safely(ecs, cluster, service, print_)
     if rollback.stable:
-        print_(f"deploy: rolled back: {service} runs {short(previous)} again")
+        print_(f"rolled back: {service} runs {short(previous)} again")
         return ROLLED_BACK
-    print_(f"deploy: rollback to {short(previous)} {rollback.reason}: the service needs attention")
+    print_(f"rollback to {short(previous)} {rollback.reason}: the service needs attention")
     return ROLLBACK_UNSTABLE
 
 
@@ -202,10 +240,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         ecs = boto3.client("ecs", region_name=args.region)
-        return deploy(ecs, lambda region: boto3.client("ecr", region_name=region),
-                      cluster=args.cluster, service=args.service, image=args.image, image_tag=args.image_tag,
-                      container=args.container, base_task_definition=args.base_task_definition,
-                      timeout_s=args.timeout, poll_s=args.poll)
+        change = image_change(args.image, args.image_tag, lambda region: boto3.client("ecr", region_name=region))
+        return deploy(ecs, change, cluster=args.cluster, service=args.service, container=args.container,
+                      base_task_definition=args.base_task_definition, timeout_s=args.timeout, poll_s=args.poll,
+                      print_=lambda line: print(f"deploy: {line}"))
     # Errors that reach here happened before the service was changed (roll_out catches its own).
     except DeployError as error:
         print(f"deploy: error: {error}", file=sys.stderr)
