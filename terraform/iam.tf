@@ -1,7 +1,9 @@
-# Three roles, each with only what its holder does:
+# Four roles, each with only what its holder does:
 #   execution role: the ECS agent pulls this repository's image, writes this log group, reads this secret
-#   task role:      the container itself; only ECS Exec's channel and its audit log (the app calls no AWS API)
+#   task role:      the container itself; reads its release's manifest and archives from the model store
+#                   (models.tf), and ECS Exec's channel and its audit log. It writes nothing.
 #   instance role:  the GPU instances join the cluster (AWS's managed ECS-for-EC2 policy)
+#   model operator: publishes archives and release manifests, rolls releases out (scripts/models.py)
 
 # ECS's agent assumes the execution role (AWS's documented trust policy has no conditions).
 data "aws_iam_policy_document" "execution_assume" {
@@ -88,7 +90,7 @@ resource "aws_iam_role_policy" "execution" {
 
 resource "aws_iam_role" "task" {
   name               = "${var.name}-task"
-  description        = "The ${var.name} container: ECS Exec channel and its audit log only"
+  description        = "The ${var.name} container: read its release from the model store; ECS Exec channel and its audit log"
   assume_role_policy = data.aws_iam_policy_document.task_assume.json
 }
 
@@ -120,6 +122,32 @@ data "aws_iam_policy_document" "task_exec" {
     actions   = ["kms:Decrypt"]
     resources = [aws_kms_key.this.arn]
   }
+}
+
+# The entrypoint downloads the release's manifest and archives (objdetect_serving.release): read
+# only, those two prefixes only. No ListBucket: a missing object answers 403, as a denied one does.
+data "aws_iam_policy_document" "task_model_store" {
+  statement {
+    sid       = "ReadReleasesAndArchives"
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.models.arn}/archives/*", "${aws_s3_bucket.models.arn}/releases/*"]
+  }
+  statement {
+    sid       = "DecryptTheModelStore"
+    actions   = ["kms:Decrypt"]
+    resources = [aws_kms_key.this.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["s3.${var.region}.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "task_model_store" {
+  name   = "read-model-store"
+  role   = aws_iam_role.task.id
+  policy = data.aws_iam_policy_document.task_model_store.json
 }
 
 resource "aws_iam_role_policy" "task_exec" {
@@ -158,4 +186,115 @@ resource "aws_iam_role_policy_attachment" "instance_ecs" {
 resource "aws_iam_instance_profile" "instance" {
   name = "${var.name}-gpu-instance"
   role = aws_iam_role.instance.name
+}
+
+# --- model operator role ------------------------------------------------------------------------
+
+# Who may assume it: model_operator_principals, or by default this account, i.e. any of its IAM
+# principals whose own policy allows sts:AssumeRole on this role.
+data "aws_iam_policy_document" "model_operator_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "AWS"
+      identifiers = local.model_operator_principals
+    }
+  }
+}
+
+resource "aws_iam_role" "model_operator" {
+  name               = "${var.name}-model-operator"
+  description        = "${var.name} model releases: publish archives, write release manifests, roll releases out (scripts/models.py)"
+  assume_role_policy = data.aws_iam_policy_document.model_operator_assume.json
+}
+
+locals {
+  model_operator_principals = length(var.model_operator_principals) > 0 ? var.model_operator_principals : ["arn:${local.partition}:iam::${local.account_id}:root"]
+}
+
+data "aws_iam_policy_document" "model_operator" {
+  statement {
+    sid       = "FindTheStore"
+    actions   = ["s3:ListBucket", "s3:GetBucketLocation"]
+    resources = [aws_s3_bucket.models.arn]
+  }
+  statement {
+    sid     = "PublishAndRelease"
+    actions = ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"]
+    resources = [
+      "${aws_s3_bucket.models.arn}/archives/*",
+      "${aws_s3_bucket.models.arn}/versions/*",
+      "${aws_s3_bucket.models.arn}/releases/*",
+    ]
+  }
+  statement {
+    sid       = "EncryptAndDecryptTheModelStore"
+    actions   = ["kms:GenerateDataKey", "kms:Decrypt"]
+    resources = [aws_kms_key.this.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["s3.${var.region}.amazonaws.com"]
+    }
+  }
+  statement {
+    sid       = "RollOutThisService"
+    actions   = ["ecs:DescribeServices", "ecs:UpdateService"]
+    resources = [aws_ecs_service.this.arn]
+  }
+  statement {
+    sid       = "SeeThisServicesTasks"
+    actions   = ["ecs:DescribeTasks"]
+    resources = ["arn:${local.partition}:ecs:${var.region}:${local.account_id}:task/${aws_ecs_cluster.this.name}/*"]
+  }
+  statement {
+    sid       = "ListThisClustersTasks"
+    actions   = ["ecs:ListTasks"]
+    resources = ["*"]
+    condition {
+      test     = "ArnEquals"
+      variable = "ecs:cluster"
+      values   = [aws_ecs_cluster.this.arn]
+    }
+  }
+  statement {
+    # No resource-level permissions for these three (AWS service authorization reference).
+    sid       = "TaskDefinitions"
+    actions   = ["ecs:DescribeTaskDefinition", "ecs:ListTaskDefinitions", "ecs:RegisterTaskDefinition"]
+    resources = ["*"]
+  }
+  statement {
+    # Reading a revision's tags (describe with include TAGS): rollback follows objdetect:previous.
+    sid       = "ReadTagsOfThisFamily"
+    actions   = ["ecs:ListTagsForResource"]
+    resources = ["${aws_ecs_task_definition.this.arn_without_revision}:*"]
+  }
+  statement {
+    # The tags a revision is registered with (this family only, and only when registering it).
+    sid       = "TagNewRevisionsOfThisFamily"
+    actions   = ["ecs:TagResource"]
+    resources = ["${aws_ecs_task_definition.this.arn_without_revision}:*"]
+    condition {
+      test     = "StringEquals"
+      variable = "ecs:CreateAction"
+      values   = ["RegisterTaskDefinition"]
+    }
+  }
+  statement {
+    # A revision names the task and execution roles; the operator can hand ECS those two only.
+    sid       = "PassTheTaskRoles"
+    actions   = ["iam:PassRole"]
+    resources = [aws_iam_role.task.arn, aws_iam_role.execution.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "iam:PassedToService"
+      values   = ["ecs-tasks.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "model_operator" {
+  name   = "publish-and-release"
+  role   = aws_iam_role.model_operator.id
+  policy = data.aws_iam_policy_document.model_operator.json
 }

@@ -1,5 +1,6 @@
 # One customer managed key for this deployment's data at rest: ECR images, the API keys secret,
-# the log groups, ECS Exec sessions and the alarm topic. Rotated yearly by KMS.
+# the log groups, ECS Exec sessions, the alarm topic and the model store (models.tf: the task role
+# decrypts and the operators' role encrypts through S3 only). Rotated yearly by KMS.
 
 locals {
   # Built from names, not from the log group resources: those depend on this key.
@@ -10,7 +11,7 @@ locals {
 }
 
 resource "aws_kms_key" "this" {
-  description             = "${var.name}: ECR images, API keys secret, CloudWatch logs, ECS Exec sessions"
+  description             = "${var.name}: ECR images, API keys secret, CloudWatch logs, ECS Exec sessions, model store"
   enable_key_rotation     = true
   deletion_window_in_days = 30
 

@@ -47,3 +47,13 @@ output "dashboard_url" {
   description = "The CloudWatch dashboard: throughput, latency, errors by code, stages, tasks and GPU."
   value       = "https://${var.region}.console.aws.amazon.com/cloudwatch/home?region=${var.region}#dashboards/dashboard/${aws_cloudwatch_dashboard.this.dashboard_name}"
 }
+
+output "model_store" {
+  description = "The model store (scripts/models.py --store, or OBJDETECT_MODEL_STORE): archives and release manifests."
+  value       = "s3://${aws_s3_bucket.models.bucket}"
+}
+
+output "model_operator_role_arn" {
+  description = "The role that publishes to the model store and rolls releases out (scripts/models.py); the store's only writer."
+  value       = aws_iam_role.model_operator.arn
+}

@@ -9,7 +9,22 @@ locals {
     OBJDETECT_REQUIRE_CUDA         = "true"
     OBJDETECT_DRAIN_TIMEOUT_S      = tostring(local.drain_timeout_s)
     OBJDETECT_CLOUDWATCH_NAMESPACE = local.metrics_namespace
-  }, var.environment)
+  }, var.environment, local.release_environment)
+
+  # The release the task serves (README "Model releases"): the entrypoint downloads its manifest and
+  # archives into /tmp, verifies every hash and only then reports healthy. Without one the task
+  # serves the archives built into the image. scripts/models.py release changes only these two.
+  release_environment = var.model_release == null ? {} : {
+    OBJDETECT_RELEASE        = var.model_release.uri
+    OBJDETECT_RELEASE_SHA256 = var.model_release.sha256
+  }
+
+  # In-memory scratch (tmpfs, MiB): what is written there counts against the container's memory.
+  scratch_mib = var.scratch_mib
+  home_mib    = 256
+  # What the task keeps for TorchServe itself besides the tmpfs mounts: the Java frontend (up to
+  # 2 GiB) and at least one model worker (1-3 GiB on a GPU).
+  torchserve_min_mib = 4096
 
   # Root file system: read-only unless ECS Exec is on. AWS does not support ECS Exec with a
   # read-only root (its SSM agent writes under /var/lib/amazon and /var/log/amazon). With Exec on,
@@ -40,13 +55,13 @@ locals {
       # tini as PID 1: forwards SIGTERM to the entrypoint (which stops TorchServe's whole process
       # group in about 3 s) and reaps zombies.
       initProcessEnabled = true
-      # Writable scratch space, in memory (world-writable, sticky, like /tmp): TorchServe's temp
-      # dir (pid file, logs, unpacked model archives), the JVM's and CUDA's caches. Needed when the
-      # root is read-only; harmless otherwise. "exec": Docker's tmpfs default is noexec, and the
-      # JVM loads Netty's native transport library from its temp dir.
+      # Writable scratch space, in memory (world-writable, sticky, like /tmp): the release's
+      # archives, TorchServe's temp dir (pid file, logs, unpacked model archives), the JVM's and
+      # CUDA's caches. Needed when the root is read-only; harmless otherwise. "exec": Docker's tmpfs
+      # default is noexec, and the JVM loads Netty's native transport library from its temp dir.
       tmpfs = [
-        { containerPath = "/tmp", size = 2048, mountOptions = ["rw", "exec", "nosuid", "nodev"] },
-        { containerPath = "/home/objdetect", size = 256, mountOptions = ["rw", "exec", "nosuid", "nodev"] },
+        { containerPath = "/tmp", size = local.scratch_mib, mountOptions = ["rw", "exec", "nosuid", "nodev"] },
+        { containerPath = "/home/objdetect", size = local.home_mib, mountOptions = ["rw", "exec", "nosuid", "nodev"] },
       ]
       capabilities = {
         # Neither TorchServe nor ECS Exec's agent uses these.
@@ -114,6 +129,17 @@ resource "aws_ecs_task_definition" "this" {
     precondition {
       condition     = var.task_memory <= data.aws_ec2_instance_type.gpu.memory_size - 2048
       error_message = "task_memory ${var.task_memory} MiB leaves less than 2 GiB of a ${var.instance_type}'s ${data.aws_ec2_instance_type.gpu.memory_size} MiB for the OS, the ECS agent and Docker: the task would never be placed."
+    }
+    precondition {
+      # tmpfs pages are charged to the container's memory limit: full scratch must still leave
+      # TorchServe its frontend and a worker, or the kernel kills the container mid-release.
+      condition     = local.scratch_mib + local.home_mib + local.torchserve_min_mib <= var.task_memory
+      error_message = "scratch_mib ${var.scratch_mib} MiB of /tmp plus ${local.home_mib} MiB of /home/objdetect (both in memory) leave less than ${local.torchserve_min_mib} MiB of task_memory ${var.task_memory} MiB for TorchServe: lower scratch_mib or raise task_memory."
+    }
+    precondition {
+      # The task role reads this deployment's model store only (iam.tf).
+      condition     = var.model_release == null ? true : startswith(var.model_release.uri, "s3://${aws_s3_bucket.models.bucket}/releases/")
+      error_message = "model_release.uri must be a release in this deployment's model store, s3://${aws_s3_bucket.models.bucket}/releases/<id>.json: the task role can read no other."
     }
   }
 }

@@ -145,7 +145,7 @@ variable "image_tag" {
 }
 
 variable "model_name" {
-  description = "Model name the container serves (its CMD registers detector=detector-v1.0.mar); the container health check waits for a READY worker of it."
+  description = "Model name the container serves (the image's CMD registers detector=detector-v1.0.mar; a release must include it); the container health check waits for a READY worker of it."
   type        = string
   default     = "detector"
 
@@ -177,14 +177,42 @@ variable "task_memory" {
   }
 }
 
+variable "model_release" {
+  description = "The release every task serves: its manifest's s3:// URI in the model store (output model_store, then /releases/<id>.json) and the manifest's SHA-256. scripts/models.py release rolls releases out without terraform; set this to the current release (scripts/models.py status prints it) so that a revision terraform registers serves it too. null: the models built into the image."
+  type = object({
+    uri    = string
+    sha256 = string
+  })
+  default = null
+
+  validation {
+    condition = var.model_release == null ? true : (
+      can(regex("^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/releases/[^/]+\\.json$", var.model_release.uri))
+      && can(regex("^[0-9a-f]{64}$", var.model_release.sha256))
+    )
+    error_message = "model_release must be null or { uri = \"s3://BUCKET/releases/ID.json\", sha256 = 64 lowercase hex digits }."
+  }
+}
+
+variable "scratch_mib" {
+  description = "Size (MiB) of the container's /tmp, an in-memory tmpfs: the release's archives (two versions of a ~350 MB archive), TorchServe's unpacked copies of them, its logs and the JVM's temp files. Written pages count against task_memory."
+  type        = number
+  default     = 4096
+
+  validation {
+    condition     = var.scratch_mib >= 1024 && floor(var.scratch_mib) == var.scratch_mib
+    error_message = "scratch_mib must be a whole number of MiB, at least 1024."
+  }
+}
+
 variable "environment" {
   description = "Extra OBJDETECT_<SETTING> environment values for the container, e.g. { OBJDETECT_MAX_PIXELS = \"20000000\" }. API keys never go here: they come from the secret."
   type        = map(string)
   default     = {}
 
   validation {
-    condition     = alltrue([for key in keys(var.environment) : can(regex("^OBJDETECT_[A-Z0-9_]+$", key)) && key != "OBJDETECT_API_KEYS"])
-    error_message = "environment keys must be OBJDETECT_<SETTING> names; OBJDETECT_API_KEYS comes from Secrets Manager, never from here."
+    condition     = alltrue([for key in keys(var.environment) : can(regex("^OBJDETECT_[A-Z0-9_]+$", key)) && key != "OBJDETECT_API_KEYS" && !contains(["OBJDETECT_RELEASE", "OBJDETECT_RELEASE_SHA256"], key)])
+    error_message = "environment keys must be OBJDETECT_<SETTING> names; OBJDETECT_API_KEYS comes from Secrets Manager, and OBJDETECT_RELEASE(_SHA256) from model_release, never from here."
   }
 }
 
@@ -332,6 +360,49 @@ variable "drain_timeout_seconds" {
     condition     = var.drain_timeout_seconds >= 5 && var.drain_timeout_seconds <= 105
     error_message = "drain_timeout_seconds must be within 5..105 (stopTimeout = drain + 15 s, at most 120 s)."
   }
+}
+
+# ---------------------------------------------------------------------------------------------
+# The model store (models.tf) and its operators
+# ---------------------------------------------------------------------------------------------
+
+variable "model_operator_principals" {
+  description = "IAM principals (role or user ARNs, or an account's root ARN) that may assume the model operators' role, the only writer of the model store. Empty: this account's root, i.e. any IAM principal of this account whose own policy allows sts:AssumeRole on the role."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for arn in var.model_operator_principals : can(regex("^arn:aws[a-z-]*:iam::[0-9]{12}:(root|role/[A-Za-z0-9+=,.@_/-]+|user/[A-Za-z0-9+=,.@_/-]+)$", arn))])
+    error_message = "model_operator_principals must be IAM ARNs: arn:aws:iam::ACCOUNT:root, arn:aws:iam::ACCOUNT:role/NAME or arn:aws:iam::ACCOUNT:user/NAME."
+  }
+}
+
+variable "model_store_noncurrent_days" {
+  description = "Days an object of the model store is kept after it was replaced or deleted (versioning), before it expires."
+  type        = number
+  default     = 90
+
+  validation {
+    condition     = var.model_store_noncurrent_days >= 1 && floor(var.model_store_noncurrent_days) == var.model_store_noncurrent_days
+    error_message = "model_store_noncurrent_days must be a whole number, at least 1."
+  }
+}
+
+variable "model_store_access_logs_bucket" {
+  description = "Existing S3 bucket for the model store's server access logs (its policy must let logging.s3.amazonaws.com write). Empty: no access logs."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.model_store_access_logs_bucket == "" || can(regex("^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", var.model_store_access_logs_bucket))
+    error_message = "model_store_access_logs_bucket must be empty or an S3 bucket name."
+  }
+}
+
+variable "model_store_force_destroy" {
+  description = "Let terraform destroy delete the model store even when it still holds archives and releases."
+  type        = bool
+  default     = false
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+from fnmatch import fnmatchcase
 from functools import lru_cache
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 
 from objdetect import telemetry
 from objdetect_serving.paths import ROOT
+from objdetect_serving.release import RELEASE_ENV, RELEASE_SHA256_ENV
 
 TERRAFORM_DIR = ROOT / "terraform"
 TERRAFORM_ENV = {**os.environ, "TF_CLI_CONFIG_FILE": "/dev/null", "TF_IN_AUTOMATION": "1", "CHECKPOINT_DISABLE": "1"}
@@ -141,13 +143,33 @@ def test_the_example_tfvars_passes_every_validation(terraform, variables_only):
     "max_tasks=0",
     "instance_max_count=0",
     'environment={"OBJDETECT_API_KEYS": "key"}',
+    'environment={"OBJDETECT_RELEASE": "s3://objdetect-models/releases/r1.json"}',
     "name=ecs-objdetect",
+    f'model_release={{uri = "https://objdetect-models.s3.amazonaws.com/releases/r1.json", sha256 = "{"a" * 64}"}}',
+    f'model_release={{uri = "s3://objdetect-models/archives/{"a" * 64}.mar", sha256 = "{"a" * 64}"}}',
+    f'model_release={{uri = "s3://objdetect-models/versions/detector/1.0.json", sha256 = "{"a" * 64}"}}',
+    f'model_release={{uri = "s3://Objdetect_Models/releases/r1.json", sha256 = "{"a" * 64}"}}',
+    f'model_release={{uri = "s3://objdetect-models/releases/r1.json", sha256 = "{"A" * 64}"}}',
+    'model_release={uri = "s3://objdetect-models/releases/r1.json", sha256 = "abc"}',
+    "scratch_mib=512",
+    'model_operator_principals=["*"]',
+    'model_operator_principals=["arn:aws:iam::123456789012:group/ml"]',
 ])
 def test_variables_refuse_bad_values(terraform, variables_only, override):
     done = plan_variables(terraform, variables_only, override)
     variable = override.split("=", 1)[0]
     assert done.returncode != 0, f"{override} was accepted"
     assert "Invalid value for variable" in done.stderr and variable in done.stderr, done.stderr
+
+
+@pytest.mark.integration
+def test_a_release_and_operator_principals_pass_validation(terraform, variables_only):
+    done = plan_variables(terraform, variables_only,
+                          f'model_release={{uri = "s3://objdetect-models-123456789012-us-east-1/releases/r-1.json", '
+                          f'sha256 = "{"0123456789abcdef" * 4}"}}',
+                          'model_operator_principals=["arn:aws:iam::123456789012:role/ml-release", '
+                          '"arn:aws:iam::210987654321:root"]', "scratch_mib=6144")
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 @pytest.mark.unit
@@ -181,17 +203,20 @@ def test_every_variable_is_typed_and_described_and_the_example_sets_the_required
     for name, body in variables.items():
         if "default" not in body:
             assert re.search(rf"^{name}\s*=", example, re.M), f"terraform.tfvars.example does not set required {name}"
-    validated = [name for name, body in variables.items() if "validation" in body]
-    assert len(validated) >= len(variables) - 4  # only free-form ones (tags, booleans) go unvalidated
+    unvalidated = {name: body["type"] for name, body in variables.items() if "validation" not in body}
+    # only free-form ones (tags, booleans) go unvalidated
+    assert all(type_ in ("bool", "${map(string)}") for type_ in unvalidated.values()), unvalidated
 
 
 @pytest.mark.unit
 def test_outputs_name_the_repository_load_balancer_cluster_and_service():
     outputs = config()["output"]
     expected = {"ecr_repository_url": "aws_ecr_repository.this.repository_url", "alb_dns_name": "aws_lb.this.dns_name",
-                "cluster_name": "aws_ecs_cluster.this.name", "service_name": "aws_ecs_service.this.name"}
+                "cluster_name": "aws_ecs_cluster.this.name", "service_name": "aws_ecs_service.this.name",
+                "model_operator_role_arn": "aws_iam_role.model_operator.arn"}
     for name, reference in expected.items():
         assert outputs[name]["value"] == "${" + reference + "}"
+    assert outputs["model_store"]["value"] == "s3://${aws_s3_bucket.models.bucket}"  # scripts/models.py --store
 
 
 # --- credentials -----------------------------------------------------------------------------
@@ -288,6 +313,23 @@ def test_root_file_system_is_read_only_unless_ecs_exec_needs_it_and_scratch_spac
     assert {m["containerPath"] for m in definition["linuxParameters"]["tmpfs"]} == {"/tmp", "/home/objdetect"}
 
 
+@pytest.mark.unit
+def test_scratch_holds_two_versions_of_a_release_and_still_fits_the_tasks_memory():
+    """/tmp (tmpfs) holds the release's archives, downloaded there, and TorchServe's unpacked copies;
+    its pages count against the container's memory, which a precondition keeps in view."""
+    local, variables = config()["locals"], config()["variable"]
+    mounts = {m["containerPath"]: m["size"] for m in container()["linuxParameters"]["tmpfs"]}
+    assert mounts == {"/tmp": "${local.scratch_mib}", "/home/objdetect": "${local.home_mib}"}
+    assert local["scratch_mib"] == "${var.scratch_mib}"
+    scratch = variables["scratch_mib"]["default"]
+    archive_mib = 350 * 10**6 / 2**20
+    assert scratch >= 2 * 2 * archive_mib + 1024  # two versions, archive and unpacked, plus logs and the JVM's files
+    conditions = [p["condition"] for p in one(resources("aws_ecs_task_definition")["this"]["lifecycle"])["precondition"]]
+    assert "${local.scratch_mib + local.home_mib + local.torchserve_min_mib <= var.task_memory}" in conditions
+    assert local["torchserve_min_mib"] >= 4096  # the Java frontend (2 GiB) and a worker
+    assert scratch + local["home_mib"] + local["torchserve_min_mib"] <= variables["task_memory"]["default"]
+
+
 # --- load balancer, security groups ----------------------------------------------------------
 
 @pytest.mark.unit
@@ -324,7 +366,7 @@ def test_the_container_requires_its_gpu_and_drains_within_stop_timeout_and_takes
     assert config()["locals"]["environment"] == ('${merge({OBJDETECT_REQUIRE_CUDA = "true", '
                                                  'OBJDETECT_DRAIN_TIMEOUT_S = tostring(local.drain_timeout_s), '
                                                  'OBJDETECT_CLOUDWATCH_NAMESPACE = local.metrics_namespace}, '
-                                                 'var.environment)}')
+                                                 'var.environment, local.release_environment)}')
     assert container()["environment"] == "${[for key, value in local.environment : {name = key, value = value}]}"
 
 
@@ -464,8 +506,215 @@ def test_readme_walks_a_newcomer_from_prerequisites_to_teardown():
     for needed in ("## Deploy to AWS", "terraform init -backend-config=backend.hcl", "put-secret-value",
                    "scripts/push.py", "scripts/deploy.py", "X-API-Key", "aws ecs execute-command", "127.0.0.1:8081",
                    "0.526", "check current pricing", "NAT gateway", "terraform destroy", "ecr_force_delete",
-                   "## Networking", "Not verified"):
+                   "## Networking", "Not verified", "## Model releases", "scripts/models.py publish",
+                   "scripts/models.py release", "scripts/models.py status", "scripts/models.py rollback",
+                   "--allow-shapes", "output -raw model_store"):
         assert needed in readme, f"terraform/README.md does not mention {needed!r}"
+    assert "Archives come with the image" not in readme  # a release brings them from the model store
+
+
+# --- the model store (models.tf) and who may read and write it (iam.tf) ------------------------
+
+ACCOUNT = "123456789012"
+BUCKET_ARN = f"arn:aws:s3:::objdetect-models-{ACCOUNT}-us-east-1"
+OPERATOR_ARN = f"arn:aws:iam::{ACCOUNT}:role/objdetect-model-operator"
+TASK_ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/objdetect-task"
+ADMIN_ARN = f"arn:aws:iam::{ACCOUNT}:role/Admin"
+STORE_KEYS = [f"archives/{'a' * 64}.mar", "releases/r-1.json", "versions/detector/2.0.json", "elsewhere/x"]
+OBJECT_WRITES = ["s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion", "s3:PutObjectTagging", "s3:PutObjectAcl",
+                 "s3:PutObjectRetention", "s3:RestoreObject"]
+
+
+def statements(document: str) -> list[dict]:
+    return config()["data"]["aws_iam_policy_document"][document]["statement"]
+
+
+def resolved(text: str) -> str:
+    for reference, value in (("${aws_s3_bucket.models.arn}", BUCKET_ARN), ("${aws_iam_role.model_operator.arn}", OPERATOR_ARN),
+                             ("${aws_iam_role.task.arn}", TASK_ROLE_ARN)):
+        text = text.replace(reference, value)
+    return text
+
+
+def action_matches(patterns: list[str], action: str) -> bool:
+    return any(fnmatchcase(action.lower(), pattern.lower()) for pattern in patterns)  # IAM actions: case-insensitive
+
+
+def store_policy_denies(action: str, key: str | None, principal: str, tls: bool = True, if_none_match: bool = False) -> bool:
+    """Whether the bucket policy denies `principal` `action` on `key` (None: the bucket itself),
+    over TLS or not, with S3's conditional-write header If-None-Match or without."""
+    resource = BUCKET_ARN if key is None else f"{BUCKET_ARN}/{key}"
+    for statement in statements("model_store"):
+        if statement.get("effect", "Allow") != "Deny":
+            continue
+        assert statement["principals"] == [{"type": "*", "identifiers": ["*"]}]
+        if not action_matches(statement["actions"], action):
+            continue
+        if not any(fnmatchcase(resource, resolved(pattern)) for pattern in statement["resources"]):
+            continue
+        holds = []
+        for condition in statement.get("condition", []):
+            values = [resolved(value) for value in condition["values"]]
+            assert not [value for value in values if "${" in value], f"a principal this test cannot name: {values}"
+            if (condition["test"], condition["variable"]) == ("Bool", "aws:SecureTransport"):
+                holds.append(str(tls).lower() in values)
+            elif condition["test"] in ("ArnNotEquals", "StringNotEquals") and condition["variable"] == "aws:PrincipalArn":
+                holds.append(principal not in values)
+            elif (condition["test"], condition["variable"]) == ("Null", "s3:if-none-match"):
+                holds.append(str(not if_none_match).lower() in values)
+            else:
+                raise AssertionError(f"condition not modelled here: {condition}")
+        if all(holds):
+            return True
+    return False
+
+
+@pytest.mark.unit
+def test_the_model_store_is_versioned_encrypted_with_the_deployments_key_and_private():
+    bucket = resources("aws_s3_bucket")["models"]
+    assert bucket["force_destroy"] == "${var.model_store_force_destroy}"
+    assert config()["variable"]["model_store_force_destroy"]["default"] is False
+    assert bucket["bucket"] == "${local.model_store_bucket}"
+    assert config()["locals"]["model_store_bucket"] == "${var.name}-models-${local.account_id}-${var.region}"
+    for type_ in ("aws_s3_bucket_versioning", "aws_s3_bucket_server_side_encryption_configuration",
+                  "aws_s3_bucket_public_access_block", "aws_s3_bucket_ownership_controls",
+                  "aws_s3_bucket_lifecycle_configuration", "aws_s3_bucket_policy"):
+        assert resources(type_)["models"]["bucket"] == "${aws_s3_bucket.models.id}", type_
+    assert one(resources("aws_s3_bucket_versioning")["models"]["versioning_configuration"])["status"] == "Enabled"
+    rule = one(resources("aws_s3_bucket_server_side_encryption_configuration")["models"]["rule"])
+    assert one(rule["apply_server_side_encryption_by_default"]) == {"sse_algorithm": "aws:kms",
+                                                                    "kms_master_key_id": "${aws_kms_key.this.arn}"}
+    assert rule["bucket_key_enabled"] is True
+    block = resources("aws_s3_bucket_public_access_block")["models"]
+    assert all(block[setting] is True for setting in ("block_public_acls", "block_public_policy", "ignore_public_acls",
+                                                      "restrict_public_buckets"))
+    ownership = one(resources("aws_s3_bucket_ownership_controls")["models"]["rule"])
+    assert ownership["object_ownership"] == "BucketOwnerEnforced"
+
+
+@pytest.mark.unit
+def test_the_model_store_expires_replaced_versions_and_abandoned_uploads_but_never_current_objects():
+    rule = one(resources("aws_s3_bucket_lifecycle_configuration")["models"]["rule"])
+    assert rule["status"] == "Enabled" and rule["filter"] == [{}]
+    assert one(rule["noncurrent_version_expiration"])["noncurrent_days"] == "${var.model_store_noncurrent_days}"
+    assert config()["variable"]["model_store_noncurrent_days"]["default"] >= 30
+    assert 1 <= one(rule["abort_incomplete_multipart_upload"])["days_after_initiation"] <= 7
+    assert one(rule["expiration"]) == {"expired_object_delete_marker": True}  # a release's archives stay
+
+
+@pytest.mark.unit
+def test_the_model_store_refuses_plain_http_and_writes_from_anyone_but_the_operators_role():
+    policy = resources("aws_s3_bucket_policy")["models"]
+    assert policy["policy"] == "${data.aws_iam_policy_document.model_store.json}"
+    for key in STORE_KEYS:
+        for action in OBJECT_WRITES:
+            for principal in (ADMIN_ARN, TASK_ROLE_ARN, f"arn:aws:iam::{ACCOUNT}:root", "arn:aws:iam::999999999999:root"):
+                assert store_policy_denies(action, key, principal), f"{principal} may {action} {key}"
+            assert not store_policy_denies(action, key, OPERATOR_ARN, if_none_match=True), f"the operators' role may not {action} {key}"
+        assert not store_policy_denies("s3:GetObject", key, TASK_ROLE_ARN)  # reads are IAM's to allow
+    for action in ("s3:GetObject", "s3:PutObject", "s3:ListBucket"):
+        for key in (STORE_KEYS[0], None):
+            assert store_policy_denies(action, key, OPERATOR_ARN, tls=False), f"{action} {key} without TLS"
+    # Release manifests and version records are written once (scripts/models.py sends If-None-Match);
+    # archives are named by their hash and verified by every task.
+    for key in ("releases/r-1.json", "versions/detector/2.0.json"):
+        assert store_policy_denies("s3:PutObject", key, OPERATOR_ARN, if_none_match=False), f"{key} could be replaced"
+    assert not store_policy_denies("s3:PutObject", STORE_KEYS[0], OPERATOR_ARN, if_none_match=False)
+    # The account's administrators keep the bucket's settings (terraform manages them).
+    assert not store_policy_denies("s3:PutBucketPolicy", None, ADMIN_ARN)
+
+
+def role_policies(role: str) -> dict:
+    return {name: body for name, body in resources("aws_iam_role_policy").items() if body["role"] == f"${{aws_iam_role.{role}.id}}"}
+
+
+@pytest.mark.unit
+def test_the_task_role_reads_releases_and_archives_and_writes_nothing():
+    attached = role_policies("task")
+    assert attached["task_model_store"]["policy"] == "${data.aws_iam_policy_document.task_model_store.json}"
+    assert "count" not in attached["task_model_store"]  # every task, whatever enable_execute_command says
+    read, decrypt = statements("task_model_store")
+    assert read["actions"] == ["s3:GetObject"]
+    assert sorted(read["resources"]) == ["${aws_s3_bucket.models.arn}/archives/*", "${aws_s3_bucket.models.arn}/releases/*"]
+    assert "effect" not in read and "condition" not in read
+    assert decrypt["actions"] == ["kms:Decrypt"] and decrypt["resources"] == ["${aws_kms_key.this.arn}"]
+    assert one(decrypt["condition"]) == {"test": "StringEquals", "variable": "kms:ViaService",
+                                         "values": ["s3.${var.region}.amazonaws.com"]}
+    documents = [re.fullmatch(r"\$\{data\.aws_iam_policy_document\.(\w+)\.json\}", body["policy"])[1]
+                 for body in attached.values()]
+    granted = [action for document in documents for statement in statements(document) for action in statement["actions"]]
+    assert not [action for action in granted if action.startswith("s3:") and action != "s3:GetObject"], granted
+    assert not [a for a in granted if a.startswith("kms:") and a != "kms:Decrypt"], granted
+
+
+def operator_allows(action: str, resource: str) -> list[dict]:
+    """The statements of the operators' policy that allow `action` on `resource` (as written)."""
+    return [statement for statement in statements("model_operator") if statement.get("effect", "Allow") == "Allow"
+            and action_matches(statement["actions"], action)
+            and any(fnmatchcase(resolved(resource), resolved(pattern)) for pattern in statement["resources"])]
+
+
+@pytest.mark.unit
+def test_the_operators_role_publishes_releases_and_rolls_out_this_service_only():
+    role = resources("aws_iam_role")["model_operator"]
+    assert role["name"] == "${var.name}-model-operator"
+    assert role_policies("model_operator")["model_operator"]["policy"] == "${data.aws_iam_policy_document.model_operator.json}"
+    trust = one(statements("model_operator_assume"))
+    assert trust["actions"] == ["sts:AssumeRole"]
+    assert trust["principals"] == [{"type": "AWS", "identifiers": "${local.model_operator_principals}"}]
+    assert config()["locals"]["model_operator_principals"] == (
+        '${length(var.model_operator_principals) > 0 ? var.model_operator_principals : '
+        '["arn:${local.partition}:iam::${local.account_id}:root"]}')
+    assert config()["variable"]["model_operator_principals"]["default"] == []
+    # The store: write and read each prefix, list the bucket; delete nothing.
+    for prefix in ("archives", "versions", "releases"):
+        for action in ("s3:PutObject", "s3:GetObject"):
+            assert operator_allows(action, f"{BUCKET_ARN}/{prefix}/x"), f"{action} {prefix}/"
+    assert not operator_allows("s3:PutObject", f"{BUCKET_ARN}/elsewhere/x")
+    assert operator_allows("s3:AbortMultipartUpload", f"{BUCKET_ARN}/archives/x")  # an interrupted large upload
+    assert operator_allows("s3:ListBucket", BUCKET_ARN)
+    granted = [action for statement in statements("model_operator") for action in statement["actions"]]
+    assert not [action for action in granted if re.match(r"s3:(Delete|PutBucket|PutObjectAcl)|s3:\*|ecs:\*|iam:\*", action)]
+    for action in ("kms:GenerateDataKey", "kms:Decrypt"):
+        (statement,) = operator_allows(action, "${aws_kms_key.this.arn}")
+        assert one(statement["condition"])["values"] == ["s3.${var.region}.amazonaws.com"]
+    # ECS: this service, this cluster's tasks, this family's tags; "*" only where AWS allows nothing narrower.
+    for action in ("ecs:DescribeServices", "ecs:UpdateService"):
+        (statement,) = operator_allows(action, "${aws_ecs_service.this.arn}")
+        assert statement["resources"] == ["${aws_ecs_service.this.arn}"]
+    (statement,) = operator_allows("ecs:ListTasks", "*")
+    assert one(statement["condition"]) == {"test": "ArnEquals", "variable": "ecs:cluster", "values": ["${aws_ecs_cluster.this.arn}"]}
+    assert operator_allows("ecs:DescribeTasks", "arn:${local.partition}:ecs:${var.region}:${local.account_id}:task/${aws_ecs_cluster.this.name}/t")
+    (statement,) = operator_allows("ecs:TagResource", "${aws_ecs_task_definition.this.arn_without_revision}:7")
+    assert one(statement["condition"])["values"] == ["RegisterTaskDefinition"]
+    unscoped = {action for statement in statements("model_operator") if "*" in statement["resources"]
+                for action in statement["actions"]}
+    assert unscoped == {"ecs:DescribeTaskDefinition", "ecs:ListTaskDefinitions", "ecs:RegisterTaskDefinition", "ecs:ListTasks"}
+    # A revision may name exactly the task and execution roles, for ECS tasks.
+    (pass_role,) = [statement for statement in statements("model_operator") if "iam:PassRole" in statement["actions"]]
+    assert pass_role["actions"] == ["iam:PassRole"]
+    assert sorted(pass_role["resources"]) == ["${aws_iam_role.execution.arn}", "${aws_iam_role.task.arn}"]
+    assert one(pass_role["condition"]) == {"test": "StringEquals", "variable": "iam:PassedToService",
+                                           "values": ["ecs-tasks.amazonaws.com"]}
+
+
+@pytest.mark.unit
+def test_a_task_definition_names_its_release_in_two_environment_variables_from_model_release():
+    local = config()["locals"]
+    assert (RELEASE_ENV, RELEASE_SHA256_ENV) == ("OBJDETECT_RELEASE", "OBJDETECT_RELEASE_SHA256")
+    assert local["release_environment"] == ("${var.model_release == null ? {} : "
+                                            "{OBJDETECT_RELEASE = var.model_release.uri, "
+                                            "OBJDETECT_RELEASE_SHA256 = var.model_release.sha256}}")
+    assert local["environment"].endswith(", local.release_environment)}")  # after var.environment: the release wins
+    variable = config()["variable"]["model_release"]
+    assert variable["default"] is None and variable["type"] == "${object({uri = string, sha256 = string})}"
+    # var.environment cannot name a release behind model_release's back.
+    condition = one(config()["variable"]["environment"]["validation"])["condition"]
+    assert '!contains(["OBJDETECT_RELEASE", "OBJDETECT_RELEASE_SHA256"], key)' in condition
+    # A release in another store could not be read by the task role: terraform refuses it at plan.
+    conditions = [p["condition"] for p in one(resources("aws_ecs_task_definition")["this"]["lifecycle"])["precondition"]]
+    assert ('${var.model_release == null ? true : startswith(var.model_release.uri, '
+            '"s3://${aws_s3_bucket.models.bucket}/releases/")}') in conditions
 
 
 # --- monitoring.tf ---------------------------------------------------------------------------

@@ -276,6 +276,6 @@ def _aws_reason(error: Exception) -> str:
     code = response.get("Error", {}).get("Code")
     if code in ("NoSuchKey", "404", "NotFound"):
         return "it is not in the store (missing)"
-    if code in ("AccessDenied", "403"):
-        return "access denied (the task role may read the model store only)"
+    if code in ("AccessDenied", "403"):  # also S3's answer for a missing key to a role that may not list
+        return "access denied: missing from the store, or not readable by this task's role"
     return f"{type(error).__name__}: {error}"
