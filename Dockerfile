@@ -8,6 +8,11 @@
 
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
+# A fine-tuned checkpoint and its labels file come in as the build context of this name
+# (`--build-context model-input=DIR`, which replaces this empty stage; WEIGHTS and LABELS name the
+# files inside it): they live outside the checkout, or in git-ignored places the main context skips.
+FROM scratch AS model-input
+
 FROM ${BASE_IMAGE} AS build
 ARG FLAVOR=cuda
 ARG WITH_TRITON=false
@@ -62,19 +67,24 @@ m = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(weights=N
 m([torch.rand(3, 240, 320)]); print('pruned venv: torch', torch.__version__, 'torchvision', torchvision.__version__, 'predict')"
 
 # The application, laid out in /opt/objdetect as in the checkout: the model archive (COCO models
-# download their published weights here and verify their hash; verified with the pruned venv
-# alone: a forward pass in the runtime the flavor serves with), TorchServe's configuration, and
-# objdetect_serving with its two entry points, scripts/server.py (entrypoint and health check) and
-# scripts/models.py (model versions, for operators). The objdetect package travels in the archive.
+# download their published weights here and verify their hash, unless WEIGHTS names a checkpoint;
+# verified with the pruned venv alone: a forward pass in the runtime the flavor serves with),
+# TorchServe's configuration, and objdetect_serving with its two entry points, scripts/server.py
+# (entrypoint and health check) and scripts/models.py (model versions, for operators). The
+# objdetect package travels in the archive; the checkpoint only in it, never in the runtime stage.
 ARG MODEL=shapes
+ARG WEIGHTS=
+ARG LABELS=
 COPY handlers/ handlers/
 COPY scripts/ scripts/
 COPY model_store/embedded/ model_store/embedded/
 COPY config.properties ./
+COPY --from=model-input . /src/model-input/
 RUN --mount=type=secret,id=cacert \
     if [ -s /run/secrets/cacert ]; then export REQUESTS_CA_BUNDLE=/run/secrets/cacert; fi \
  && PYTHONPATH=/src/handlers:/opt/build-tools PYTHONDONTWRITEBYTECODE=1 /opt/venv/bin/python scripts/build_mar.py \
-      --model "$MODEL" --out-dir /opt/objdetect/model_store \
+      --model "$MODEL" ${WEIGHTS:+--weights "/src/model-input/$WEIGHTS"} \
+      ${LABELS:+--labels "/src/model-input/$LABELS"} --out-dir /opt/objdetect/model_store \
  && PYTHONPATH=/src/handlers PYTHONDONTWRITEBYTECODE=1 /opt/venv/bin/python scripts/build_mar.py \
       --verify /opt/objdetect/model_store/detector-v1.0.mar \
       --expect-runtime "$(if [ "$FLAVOR" = cpu ]; then echo openvino; else echo torch; fi)" \
@@ -88,10 +98,16 @@ RUN --mount=type=secret,id=cacert \
 FROM ${BASE_IMAGE} AS runtime
 ARG FLAVOR=cuda
 ARG MODEL=shapes
+ARG WEIGHTS=
 ARG VERSION=dev
 ARG REVISION=unknown
+# io.github.objdetect.model: the registry model the archive serves, which push.py checks before it
+# pushes; .weights: the checkpoint baked in instead of the model's default weights, as its path in
+# the model-input context (empty: none).
 LABEL org.opencontainers.image.title="objdetect" \
       org.opencontainers.image.description="Object detection with torchvision Faster R-CNN behind TorchServe (${FLAVOR}, model ${MODEL})" \
+      io.github.objdetect.model="${MODEL}" \
+      io.github.objdetect.weights="${WEIGHTS}" \
       org.opencontainers.image.source="https://github.com/objdetect/objdetect" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \

@@ -65,10 +65,12 @@ train-embedded: $(INSTALLED)
 clean:
 	rm -rf model_store/*.mar logs .pytest_cache
 
-# The container image objdetect:$(FLAVOR) (cuda or cpu), and its sizes. See docs/image.md.
+# The container image objdetect:$(FLAVOR) (cuda or cpu) serving MODEL (default: the embedded model),
+# with the checkpoint WEIGHTS and its LABELS baked in when given, and its sizes. See docs/image.md.
 FLAVOR ?= cuda
 image: $(INSTALLED)
-	$(PY) scripts/image.py --flavor $(FLAVOR) --model $(or $(MODEL),shapes)
+	$(PY) scripts/image.py --flavor $(FLAVOR) --model $(or $(MODEL),shapes) \
+	  $(if $(WEIGHTS),--weights '$(WEIGHTS)') $(if $(LABELS),--labels '$(LABELS)')
 
 # Builds objdetect:cuda, runs it and checks it (health, a prediction, non-root, nothing to build
 # with inside, SIGTERM); prints the sizes and the cold start.

@@ -1,5 +1,5 @@
-"""`make image FLAVOR=cuda|cpu [MODEL=...]`: build objdetect:<flavor> and print its sizes on one line
-(objdetect_tools.containers: docker buildx where a Docker engine runs, else buildah)."""
+"""`make image FLAVOR=cuda|cpu [MODEL=...] [WEIGHTS=... LABELS=...]`: build objdetect:<flavor> and print
+its sizes on one line (objdetect_tools.containers: docker buildx where a Docker engine runs, else buildah)."""
 
 import sys
 

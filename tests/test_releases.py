@@ -286,6 +286,7 @@ def test_status_names_the_current_and_previous_release_and_rollback_returns_to_t
     assert models("status") == 0
     lines = capsys.readouterr().out.splitlines()
     assert f"current:  {NAME}:2 release {release_id}: detector 1.0 (default)" in lines
+    assert f"          {environment(2)[RELEASE_ENV]} sha256 {environment(2)[RELEASE_SHA256_ENV]}" in lines
     assert f"previous: {NAME}:1 no release (the models built into its image); rollback goes here" in lines
     assert "no deployment in progress" in lines
     assert f"task {task} RUNNING: {NAME}:2 release {release_id}" in lines

@@ -16,8 +16,9 @@ import sys
 import tarfile
 import tempfile
 import zlib
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Iterator
 
 from objdetect_serving.paths import ROOT
 
@@ -27,6 +28,8 @@ CONFIG_DIR = ROOT / "build" / "containers"
 BASE_IMAGE = os.environ.get("BASE_IMAGE", "localhost/objdetect-base:bookworm")
 DEBIAN_MIRROR = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
 CA_BUNDLE = Path(os.environ.get("CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt"))
+# The Dockerfile's stage that a fine-tuned checkpoint replaces with a build context of this name.
+MODEL_INPUT = "model-input"
 PODMAN_PACKAGES = ("buildah", "podman", "debootstrap", "runc", "uidmap", "netavark", "aardvark-dns",
                    "containernetworking-plugins")
 CONTAINERS_CONF = """\
@@ -106,9 +109,43 @@ def set_up_podman() -> None:
                 raise SystemExit(f"image: packing the debootstrap root for {BASE_IMAGE} failed")
 
 
-def build(flavor: str, model: str, log: Path | None = None) -> tuple[str, str]:
-    """Builds objdetect:<flavor> serving `model`; returns (engine, tag). The build's output goes to
-    `log` when given, else to our console."""
+def missing_model_files(weights: Path | None, labels: Path | None) -> list[str]:
+    """What is wrong with a checkpoint and labels file to bake in: said before a build starts, not
+    minutes into it."""
+    return [f"--{flag} {path} is not a file" for flag, path in (("weights", weights), ("labels", labels))
+            if path is not None and not Path(path).is_file()]
+
+
+@contextmanager
+def model_input(weights: Path | None, labels: Path | None) -> Iterator[list[str]]:
+    """Build arguments that hand a checkpoint and its labels file to the build: the MODEL_INPUT
+    build context, a folder that holds only them (hard links, or copies across file systems), and
+    WEIGHTS and LABELS naming them in it. A folder of their own, because they may live anywhere:
+    outside the checkout, or in git-ignored places that .dockerignore keeps out of the main context.
+    Their file names stay, since the archive records the checkpoint's name as its provenance."""
+    files = [(name, Path(path)) for name, path in (("weights", weights), ("labels", labels)) if path is not None]
+    if not files:
+        yield []
+        return
+    CONFIG_DIR.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"{MODEL_INPUT}-", dir=CONFIG_DIR.parent) as folder:
+        args = ["--build-context", f"{MODEL_INPUT}={folder}"]
+        for name, path in files:
+            staged = Path(folder) / name / path.name
+            staged.parent.mkdir()
+            try:
+                os.link(path, staged)
+            except OSError:
+                shutil.copyfile(path, staged)
+            args += ["--build-arg", f"{name.upper()}={name}/{path.name}"]
+        yield args
+
+
+def build(flavor: str, model: str, log: Path | None = None, *, weights: Path | None = None,
+          labels: Path | None = None) -> tuple[str, str]:
+    """Builds objdetect:<flavor> serving `model`, with the checkpoint `weights` (and its `labels`)
+    instead of the model's default weights when given; returns (engine, tag). The build's output
+    goes to `log` when given, else to our console."""
     tag = f"objdetect:{flavor}"
     try:
         revision = git_commit()
@@ -118,7 +155,8 @@ def build(flavor: str, model: str, log: Path | None = None) -> tuple[str, str]:
     if CA_BUNDLE.is_file() and CA_BUNDLE.stat().st_size:
         args += ["--secret", f"id=cacert,src={CA_BUNDLE}"]  # TLS is intercepted here; never baked in
     tool = engine()
-    with open(log, "w") if log else nullcontext() as output:
+    with open(log, "w") if log else nullcontext() as output, model_input(weights, labels) as checkpoint:
+        args += checkpoint
         if tool == "docker":
             subprocess.run(["docker", "buildx", "build", "--load", *args, "-t", tag, "."], cwd=ROOT, check=True,
                            stdout=output, stderr=subprocess.STDOUT if output else None)
@@ -184,9 +222,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build objdetect:<flavor> and print its sizes on one line.")
     parser.add_argument("--flavor", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--model", default="shapes", help="the registry model the image serves")
+    parser.add_argument("--weights", type=Path, help="a fine-tuned checkpoint of --model to bake in instead of "
+                                                     "its default weights")
+    parser.add_argument("--labels", type=Path, help="the checkpoint's labels file: one class per line")
     args = parser.parse_args(argv)
+    problems = missing_model_files(args.weights, args.labels)
+    if problems:
+        parser.error("; ".join(problems))
     try:
-        tool, tag = build(args.flavor, args.model)
+        tool, tag = build(args.flavor, args.model, weights=args.weights, labels=args.labels)
     except subprocess.CalledProcessError as error:
         print(f"image: `{' '.join(map(str, error.cmd[:3]))} ...` exited with {error.returncode}", file=sys.stderr)
         return 1

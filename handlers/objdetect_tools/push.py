@@ -1,12 +1,20 @@
 """Push the service image to the deployment's ECR repository, tagged with the git commit (scripts/push.py).
 
-    python scripts/push.py                          # make image FLAVOR=cuda, then push objdetect:cuda as <repo>:<commit>
+    python scripts/push.py                          # make image FLAVOR=cuda MODEL=fasterrcnn_resnet50_fpn_v2, then
+                                                    # push objdetect:cuda as <repo>:<commit>
+    python scripts/push.py --model fasterrcnn_resnet50_fpn_v2 --weights ft.pt --labels labels.txt  # a fine-tuned one
     python scripts/push.py --no-build --tag 1.2.0   # push what is already built, under an explicit tag
 
+The image bakes in a model, which serves wherever a task names no model release. It is COCO's
+Faster R-CNN unless --model says otherwise: `make image` defaults to the embedded shapes model for
+offline tests, and an image for real photos must not answer them with that toy, so pushing it
+takes an explicit `--model shapes`.
+
 Terraform owns the repository (terraform/ecr.tf); this script creates nothing in AWS. It checks
-everything it can before building or pushing: the repository exists, the tag is not taken (tags
-are immutable: ECR would refuse the push too, but only after uploading gigabytes), and the local
-image was built from the commit it is about to be named after. Then it logs the engine (the one
+everything it can before building or pushing: the checkpoint and labels files exist, the
+repository exists, the tag is not taken (tags are immutable: ECR would refuse the push too, but
+only after uploading gigabytes), the local image was built from the commit it is about to be named
+after, and it serves the model asked for (its label). Then it logs the engine (the one
 `make image` builds with: objdetect_tools.containers) in to ECR with a short-lived token passed on stdin, tags and pushes. boto3 honours AWS_ENDPOINT_URL and the usual
 credential chain (environment, profile, SSO, role); no credential is ever read or written here.
 """
@@ -26,10 +34,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 from objdetect_serving.paths import ROOT
 
 from . import containers
-from .containers import engine_environment
+from .containers import engine_environment, missing_model_files
 from .revision import RevisionError, git_commit, working_tree_dirty
 
 REVISION_LABEL = "org.opencontainers.image.revision"
+MODEL_LABEL = "io.github.objdetect.model"  # the Dockerfile's label: the registry model the archive serves
+DEFAULT_MODEL = "fasterrcnn_resnet50_fpn_v2"  # COCO: what an image for real photos serves by default
 
 
 class PushError(RuntimeError):
@@ -100,19 +110,47 @@ def registry_credentials(ecr, repository: dict) -> tuple[str, str, str]:
 
 # --- the push --------------------------------------------------------------------------------
 
+def image_label(engine: str, local_image: str, label: str, run: Runner) -> str:
+    return run([engine, "image", "inspect", "--format", f'{{{{ index .Config.Labels "{label}" }}}}', local_image],
+               capture=True).strip()
+
+
 def check_revision(engine: str, local_image: str, commit: str, run: Runner) -> None:
     """The local image must carry the commit's revision label (`make image` sets it), so that the tag tells the truth."""
-    revision = run([engine, "image", "inspect", "--format", f'{{{{ index .Config.Labels "{REVISION_LABEL}" }}}}',
-                    local_image], capture=True).strip()
+    revision = image_label(engine, local_image, REVISION_LABEL, run)
     if not (revision and (revision.startswith(commit) or commit.startswith(revision))):
         raise PushError(f"{local_image} was built from revision {revision or '(unlabelled)'}, not {commit}: "
                         f"rebuild it (drop --no-build) or name the tag yourself with --tag")
 
 
+def check_model(engine: str, local_image: str, model: str, run: Runner) -> None:
+    """The local image must serve `model` (its label): with --no-build, what `make image` left behind
+    may be the shapes model, which must never reach ECS unasked."""
+    served = image_label(engine, local_image, MODEL_LABEL, run)
+    if served != model:
+        raise PushError(f"{local_image} serves model {served or '(unlabelled)'}, not {model}: rebuild it (drop "
+                        "--no-build), or name the model it serves with --model")
+
+
+def build_command(flavor: str, model: str, weights: Path | None, labels: Path | None) -> list[str]:
+    """`make image` for this model. WEIGHTS and LABELS are always given, empty when unused, so that
+    variables of the same names in the caller's environment do not reach the build."""
+    return ["make", "-C", str(ROOT), "image", f"FLAVOR={flavor}", f"MODEL={model}",
+            f"WEIGHTS={weights or ''}", f"LABELS={labels or ''}"]
+
+
 def push(ecr, *, repository_name: str, tag: str, local_image: str, build_flavor: str | None,
-         engine: str | None, verify_commit: str | None = None, run: Runner = run_command,
-         log: Callable[[str], None] = print) -> str:
-    """Checks, builds (unless build_flavor is None), tags, logs in, pushes. Returns `<repository uri>:<tag>`."""
+         engine: str | None, model: str = DEFAULT_MODEL, weights: Path | None = None, labels: Path | None = None,
+         verify_commit: str | None = None, run: Runner = run_command, log: Callable[[str], None] = print) -> str:
+    """Checks, builds `model` (unless build_flavor is None; with the checkpoint `weights` and its
+    `labels` when given), tags, logs in, pushes. Returns `<repository uri>:<tag>`."""
+    if build_flavor is None and (weights or labels):
+        raise PushError("--weights and --labels are baked in by the build: drop --no-build")
+    problems = missing_model_files(weights, labels)
+    if problems:
+        raise PushError("; ".join(problems) + ": nothing was built or pushed")
+    # Absolute: make runs in the checkout, not where they were named.
+    weights, labels = (Path(path).absolute() if path else None for path in (weights, labels))
     repository = find_repository(ecr, repository_name)
     remote = f"{repository['repositoryUri']}:{tag}"
     existing = image_digest(ecr, repository, tag)
@@ -120,11 +158,13 @@ def push(ecr, *, repository_name: str, tag: str, local_image: str, build_flavor:
         raise PushError(f"{remote} already exists ({existing}): tags are immutable, so nothing was built or pushed. "
                         f"Deploy it as it is, or push a new commit")
     if build_flavor is not None:
-        log(f"push: building with `make image FLAVOR={build_flavor}`")
-        run(["make", "-C", str(ROOT), "image", f"FLAVOR={build_flavor}"])
+        command = build_command(build_flavor, model, weights, labels)
+        log(f"push: building with `make {' '.join(command[3:])}`")
+        run(command)
     engine = engine or containers.engine()
     if verify_commit:
         check_revision(engine, local_image, verify_commit, run)
+    check_model(engine, local_image, model, run)
     log(f"push: {local_image} -> {remote} with {engine}")
     run([engine, "tag", local_image, remote])
     host, user, password = registry_credentials(ecr, repository)
@@ -143,6 +183,11 @@ def main(argv: list[str] | None = None, run: Runner = run_command) -> int:
     parser.add_argument("--tag", help="image tag (default: the short git commit; needs a clean working tree)")
     parser.add_argument("--no-build", action="store_true", help="push the local image as it is")
     parser.add_argument("--flavor", default="cuda", help="image flavor to build and push (default: cuda)")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"the registry model the image serves (default: {DEFAULT_MODEL}, COCO; the embedded "
+                             "toy model only as --model shapes)")
+    parser.add_argument("--weights", type=Path, help="a fine-tuned checkpoint of --model to bake in")
+    parser.add_argument("--labels", type=Path, help="the checkpoint's labels file: one class per line")
     parser.add_argument("--local-image", help="local image to push (default: objdetect:<flavor>)")
     parser.add_argument("--engine", help="container engine command (default: docker if its engine runs, else podman)")
     parser.add_argument("--region", help="AWS region (default: from the environment or profile)")
@@ -153,7 +198,8 @@ def main(argv: list[str] | None = None, run: Runner = run_command) -> int:
         tag = args.tag or commit
         ecr = boto3.client("ecr", region_name=args.region)
         push(ecr, repository_name=args.repository, tag=tag, local_image=args.local_image or f"objdetect:{args.flavor}",
-             build_flavor=None if args.no_build else args.flavor, engine=args.engine, verify_commit=commit, run=run)
+             build_flavor=None if args.no_build else args.flavor, engine=args.engine, model=args.model,
+             weights=args.weights, labels=args.labels, verify_commit=commit, run=run)
     except PushError as error:
         print(f"push: error: {error}", file=sys.stderr)
         return 1

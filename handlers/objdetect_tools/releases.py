@@ -437,6 +437,8 @@ def status(ecs, s3, *, cluster: str, service: str, container: str | None = None,
     if RELEASE_ENV in current_env:
         line += f": {manifest_summary(s3, current_env[RELEASE_ENV], current_env.get(RELEASE_SHA256_ENV))}"
     print_(line)
+    if RELEASE_ENV in current_env:  # what terraform's model_release takes to name the same release
+        print_(f"          {current_env[RELEASE_ENV]} sha256 {current_env.get(RELEASE_SHA256_ENV)}")
     previous = definitions.previous(current)
     print_(f"previous: {definitions.describe(previous)}; rollback goes here" if previous
            else "previous: none (no earlier revision serves another release)")
