@@ -60,11 +60,13 @@ def objects(s3, under: str = "") -> dict[str, bytes]:
 
 
 @pytest.fixture()
-def service(aws):
+def service(aws, make_repository, put_image):
     """What terraform leaves: the cluster, revision 1 of the task definition (one environment
     variable of its own, no release: the image's models) and the service on it. Returns a
     function to create the service with a desired count, which returns its network configuration."""
     ecs, ec2 = boto3.client("ecs"), boto3.client("ec2")
+    make_repository()
+    put_image("1")  # the image every revision here runs (rollback checks it is still in ECR)
     vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
     ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})  # moto names a task's ENI only then
     subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
@@ -181,9 +183,12 @@ def test_publish_is_idempotent_on_its_inputs_and_refuses_other_inputs_for_a_vers
     assert objects(store) == first
 
 
-def test_publish_with_no_model_chosen_is_coco_fasterrcnn_resnet50_fpn_v2(store, monkeypatch, capsys, tmp_path):
-    """The guide's first command. Only the download of the published weights is replaced: by
-    randomly initialised weights of the architecture (there is no internet here)."""
+def test_the_guide_with_no_model_chosen_releases_coco_fasterrcnn_resnet50_fpn_v2(store, service, monkeypatch, capsys,
+                                                                                tmp_path):
+    """terraform/README.md's publish and release, with no --model. Only the download of the
+    published weights is replaced: by randomly initialised weights of the architecture (there is
+    no internet here)."""
+    service(desired=1)
     weights = tmp_path / "fasterrcnn_resnet50_fpn_v2_coco-dd69338a.pth"
     torch.save(detection.fasterrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=91).state_dict(),
                weights)
@@ -202,6 +207,13 @@ def test_publish_with_no_model_chosen_is_coco_fasterrcnn_resnet50_fpn_v2(store, 
     assert record["inputs"]["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert hashlib.sha256(stored[f"{PREFIX}/archives/{record['archive']}.mar"]).hexdigest() == record["archive"]
     assert "published detector 1.0" in capsys.readouterr().out
+
+    assert models("release", "--store", STORE, *service_args(), "detector=1.0") == deploy.DEPLOYED  # no --allow-shapes
+    uri = environment(2)[RELEASE_ENV]
+    manifest = Release.from_json(store.get_object(Bucket=BUCKET, Key=uri.split(f"{BUCKET}/", 1)[1])["Body"].read())
+    served = manifest.models["detector"]
+    assert served.default == "1.0" and served.versions["1.0"].architecture == "fasterrcnn_resnet50_fpn_v2"
+    assert served.versions["1.0"].labels == tuple(coco.meta["categories"])
 
 
 def test_release_changes_only_the_release_variables_and_writes_the_manifest_they_name(store, service, capsys,
@@ -386,3 +398,15 @@ def test_publish_packs_openvino_parts_only_when_asked(store):
     assert publish_shapes("1.0") == 0 and publish_shapes("2.0", "--openvino") == 0
     records = {key.rsplit("/", 1)[-1]: json.loads(body) for key, body in objects(store, "versions/").items()}
     assert (records["1.0.json"]["openvino_ir"], records["2.0.json"]["openvino_ir"]) == (False, True)
+
+
+def test_rollback_to_a_revision_whose_image_expired_is_refused_before_anything_changes(store, service, capsys):
+    service(desired=1)
+    assert publish_shapes("1.0") == 0
+    assert models("release", "--store", STORE, *service_args(), "--allow-shapes", "detector=1.0") == 0
+    # The ECR lifecycle policy (or a person) removed the image that revision 1 runs.
+    boto3.client("ecr").batch_delete_image(repositoryName=NAME, imageIds=[{"imageTag": "1"}])
+    capsys.readouterr()
+    assert models("rollback", *service_args()) == 1
+    assert "its image 123456789012.dkr.ecr.us-east-1.amazonaws.com/objdetect:1 is no longer in ECR" in capsys.readouterr().err
+    assert service_revision().endswith(f"{NAME}:2")

@@ -46,6 +46,9 @@ ContainerChange = Callable[[dict], str]
 # On every revision registered here: the revision the service ran before it. ECS keeps no history of
 # what a service ran; this is it, and what a release's rollback follows (objdetect_tools.releases).
 PREVIOUS_TAG = "objdetect:previous"
+# How long a rollout may take to become stable, each way: a GPU instance to start (about 12 minutes
+# from a warm pool), then a canary's bake and the deployment's bake (10 minutes each by default).
+DEFAULT_TIMEOUT_S = 3600
 
 
 @dataclass
@@ -183,7 +186,7 @@ def short(task_definition_arn: str) -> str:
 
 def deploy(ecs, change: ContainerChange, *, cluster: str, service: str, container: str | None = None,
            base_task_definition: str | None = None, tags: dict[str, str] | None = None,
-           timeout_s: float = 1800, poll_s: float = 15, print_=print) -> int:
+           timeout_s: float = DEFAULT_TIMEOUT_S, poll_s: float = 15, print_=print) -> int:
     """Registers the service's task definition (or `base_task_definition`) again with `change` made
     to its container, and rolls the service out to it (`roll_out_or_back`). Raises DeployError or
     botocore's errors only before anything changed."""
@@ -233,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--container", help="container whose image changes (default: the only one)")
     parser.add_argument("--base-task-definition",
                         help="revision to copy instead of the service's current one (e.g. terraform output task_definition_arn)")
-    parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for stability, each way (default 1800)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                        help=f"seconds to wait for stability, each way (default {DEFAULT_TIMEOUT_S})")
     parser.add_argument("--poll", type=float, default=15, help="seconds between checks (default 15)")
     parser.add_argument("--region", help="AWS region (default: from the environment or profile)")
     args = parser.parse_args(argv)

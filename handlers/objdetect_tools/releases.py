@@ -303,7 +303,7 @@ def release_change(uri: str, sha256: str, release_id: str) -> deploy.ContainerCh
 
 
 def release(s3, ecs, store: Store, *, cluster: str, service: str, pins: list[str], defaults: list[str] = (),
-            allow_shapes: bool = False, container: str | None = None, timeout_s: float = 1800,
+            allow_shapes: bool = False, container: str | None = None, timeout_s: float = deploy.DEFAULT_TIMEOUT_S,
             poll_s: float = 15, print_=print) -> int:
     """Writes the release's manifest and rolls the service out to it. Returns deploy's exit status."""
     planned = plan_release(s3, store, pins, defaults, allow_shapes)
@@ -346,6 +346,10 @@ class TaskDefinitions:
     def environment(self, arn: str) -> dict[str, str]:
         definition = deploy.pick_container(self._describe(arn)["taskDefinition"]["containerDefinitions"], self.container)
         return {e["name"]: e["value"] for e in definition.get("environment", [])}
+
+    def image(self, arn: str) -> str:
+        definition = deploy.pick_container(self._describe(arn)["taskDefinition"]["containerDefinitions"], self.container)
+        return definition["image"]
 
     def release(self, arn: str) -> str | None:
         """The release manifest's URI the revision serves; None: the archives built into its image."""
@@ -454,16 +458,24 @@ def status(ecs, s3, *, cluster: str, service: str, container: str | None = None,
     return 0
 
 
-def rollback(ecs, *, cluster: str, service: str, container: str | None = None, timeout_s: float = 1800,
-             poll_s: float = 15, print_=print) -> int:
+def rollback(ecs, ecr_client_for, *, cluster: str, service: str, container: str | None = None,
+             timeout_s: float = deploy.DEFAULT_TIMEOUT_S, poll_s: float = 15, print_=print) -> int:
     """The service back to its previous release's revision, watched (and undone when it does not
-    become stable) as deploy does. Returns deploy's exit status."""
+    become stable) as deploy does. Returns deploy's exit status. Refused, with nothing changed, when
+    that revision's image is no longer in ECR: its tasks could not start."""
     current = deploy.describe_service(ecs, cluster, service)["taskDefinition"]
     definitions = TaskDefinitions(ecs, container)
     target = definitions.previous(current)
     if target is None:
         raise Refused(f"{service} runs {definitions.describe(current)}, and no earlier revision of its family "
                       "serves another release: nothing to roll back to")
+    image = definitions.image(target)
+    try:
+        deploy.check_image_exists(ecr_client_for, image)
+    except deploy.DeployError:
+        raise Refused(f"cannot roll back to {definitions.describe(target)}: its image {image} is no longer in ECR "
+                      "(expired or deleted), so its tasks could not start; release the versions you want on the "
+                      "current image instead") from None
     print_(f"rolling back {service}: {definitions.describe(current)} -> {definitions.describe(target)}")
     outcome = deploy.roll_out_or_back(ecs, cluster, service, target, current, timeout_s, poll_s, print_)
     show_tasks(ecs, cluster, service, container, print_, definitions)
@@ -545,7 +557,7 @@ def _service_arguments(command: argparse.ArgumentParser, watch: bool, from_envir
                          help="ECS service (default $OBJDETECT_SERVICE)")
     command.add_argument("--container", help="the container that serves models (default: the only one)")
     if watch:
-        command.add_argument("--timeout", type=float, help="seconds to wait for stability, each way (default 1800)")
+        command.add_argument("--timeout", type=float, help=f"seconds to wait for stability, each way (default {deploy.DEFAULT_TIMEOUT_S:g})")
         command.add_argument("--poll", type=float, help="seconds between checks (default 15)")
     command.add_argument("--region", help="AWS region (default: from the environment or profile)")
 
@@ -563,7 +575,7 @@ def _where(args) -> tuple[str, str]:
 
 
 def _watch(args) -> dict:
-    return {"timeout_s": 1800 if args.timeout is None else args.timeout, "poll_s": 15 if args.poll is None else args.poll}
+    return {"timeout_s": deploy.DEFAULT_TIMEOUT_S if args.timeout is None else args.timeout, "poll_s": 15 if args.poll is None else args.poll}
 
 
 def _publish(args) -> int:
@@ -593,8 +605,8 @@ def _rollback(args) -> int:
     if not cluster or not service:
         raise Refused("rollback needs a model NAME (one TorchServe: its previous default) or --cluster and "
                       "--service, or OBJDETECT_CLUSTER and OBJDETECT_SERVICE (the ECS service: its previous release)")
-    return rollback(boto3.client("ecs", region_name=args.region), cluster=cluster, service=service,
-                    container=args.container, **_watch(args))
+    return rollback(boto3.client("ecs", region_name=args.region), lambda region: boto3.client("ecr", region_name=region),
+                    cluster=cluster, service=service, container=args.container, **_watch(args))
 
 
 def main(argv: list[str] | None = None) -> int:
