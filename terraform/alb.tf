@@ -56,6 +56,69 @@ resource "aws_lb_target_group" "this" {
   }
 }
 
+# The second target group of ECS's blue/green family (CANARY, LINEAR): a release's new tasks
+# register here while the running ones stay in the other, and the production listener rule below
+# shifts traffic between the two. After a release, production may be either one. Same port, health
+# check (/ping) and drain as the first: either may hold the production tasks.
+resource "aws_lb_target_group" "alternate" {
+  #checkov:skip=CKV_AWS_378:TLS ends at the load balancer; from there to the task the request stays inside the VPC on the inference port, which the task's security group opens to the load balancer alone. TorchServe in the container serves plain HTTP.
+  name                 = "${var.name}-alt"
+  port                 = local.inference_port
+  protocol             = "HTTP"
+  target_type          = "ip"
+  vpc_id               = data.aws_vpc.this.id
+  deregistration_delay = local.longest_request_s
+
+  health_check {
+    path                = "/ping"
+    matcher             = "200"
+    port                = "traffic-port"
+    protocol            = "HTTP"
+    interval            = 15
+    timeout             = 5
+    healthy_threshold   = 2
+    unhealthy_threshold = 3
+  }
+}
+
+# The production listener rule: every request (path /*) is forwarded to the two target groups by
+# weight. ECS owns the weights (it shifts canary_percent, then the rest, and back on a rollback), so
+# terraform creates the rule and then leaves its action alone. On the HTTPS listener, or on the
+# plain-HTTP one when there is no certificate (port 80 then serves; with a certificate it only
+# redirects, and ECS's blue/green family fails on a listener whose rules mix forward and redirect
+# actions). It exists whatever
+# deployment_strategy says: with ROLLING it forwards everything to the first target group, as the
+# listener's default action does, and switching strategy replaces nothing.
+resource "aws_lb_listener_rule" "production" {
+  listener_arn = local.https ? aws_lb_listener.https[0].arn : aws_lb_listener.http[0].arn
+  priority     = 10
+
+  action {
+    type = "forward"
+
+    forward {
+      target_group {
+        arn    = aws_lb_target_group.this.arn
+        weight = 100
+      }
+      target_group {
+        arn    = aws_lb_target_group.alternate.arn
+        weight = 0
+      }
+    }
+  }
+
+  condition {
+    path_pattern {
+      values = ["/*"]
+    }
+  }
+
+  lifecycle {
+    ignore_changes = [action]
+  }
+}
+
 resource "aws_lb_listener" "https" {
   count             = local.https ? 1 : 0
   load_balancer_arn = aws_lb.this.arn

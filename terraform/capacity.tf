@@ -67,6 +67,7 @@ resource "aws_launch_template" "gpu" {
     ECS_RESERVED_MEMORY=256
     ECS_IMAGE_PULL_BEHAVIOR=prefer-cached
     ECS_ENABLE_CONTAINER_METADATA=true
+    ECS_WARM_POOLS_CHECK=true
     CONFIG
   EOT
   )
@@ -91,13 +92,27 @@ resource "aws_autoscaling_group" "gpu" {
   # ECS decides which instances to stop (managed termination protection): the group must not
   # scale in an instance that still runs a task.
   protect_from_scale_in = true
-  # terraform destroy: delete the group with its (scale-in protected) instances instead of
-  # waiting forever for them to drain.
-  force_delete = true
+  # terraform destroy: delete the group with its (scale-in protected) instances, and its warm
+  # pool, instead of waiting forever for them to drain.
+  force_delete           = true
+  force_delete_warm_pool = true
 
   launch_template {
     id      = aws_launch_template.gpu.id
     version = aws_launch_template.gpu.latest_version
+  }
+
+  # Spare capacity, stopped: every instance the group may still add (instance_max_count less the
+  # running ones) waits initialized and stopped, paying for its root volume only; a scale-out
+  # starts one instead of launching a fresh one. The ECS agent stays out of the cluster while an
+  # instance is in the pool (ECS_WARM_POOLS_CHECK above). ECS does not allow returning instances to
+  # the pool on scale-in (reuse_on_scale_in): a removed instance is replaced in the pool by a new one.
+  dynamic "warm_pool" {
+    for_each = var.warm_pool ? [1] : []
+
+    content {
+      pool_state = "Stopped"
+    }
   }
 
   tag {
@@ -126,9 +141,11 @@ resource "aws_ecs_capacity_provider" "gpu" {
     managed_termination_protection = "ENABLED"
     managed_draining               = "ENABLED"
 
+    # Spare capacity, running: a target below 100 keeps ceil(tasks x 100 / target) instances
+    # (README "Scaling and its cost").
     managed_scaling {
       status                    = "ENABLED"
-      target_capacity           = 100
+      target_capacity           = var.target_capacity_percent
       minimum_scaling_step_size = 1
       maximum_scaling_step_size = 2
       instance_warmup_period    = 300

@@ -15,6 +15,19 @@ resource "aws_ecr_repository" "this" {
   }
 }
 
+# What may expire. Every task definition revision stays registered (task.tf, skip_destroy) and is
+# a way back: a rollback (ECS's own, deploy.py's, models.py's) to a revision whose image expired
+# fails to pull, with the bad release still serving. ECR's lifecycle rules cannot see which images
+# revisions name, so:
+#   - untagged images expire after 7 days: no revision names them (every push is a tag, and tags
+#     are immutable, so an image never loses its tag);
+#   - tagged images expire only beyond the ecr_keep_images (500) most recent, a count no rollback
+#     reaches back to in practice, kept as a bound on storage rather than as a retention policy
+#     (the images share their CUDA and torch layers, which ECR stores once per repository);
+#   - and the scripts check before they roll back: deploy.py and models.py refuse a target revision
+#     whose image is gone from the repository instead of starting a rollout that cannot pull.
+# Not "never expire": a repository that only grows costs money for images nobody can name any more,
+# and a count that small deployments never reach is the same guarantee for them.
 resource "aws_ecr_lifecycle_policy" "this" {
   repository = aws_ecr_repository.this.name
 
@@ -33,11 +46,12 @@ resource "aws_ecr_lifecycle_policy" "this" {
       },
       {
         rulePriority = 2
-        description  = "Keep the ${var.ecr_keep_images} most recent images (the running one and those to roll back to)"
+        description  = "Keep the ${var.ecr_keep_images} most recent tagged images: task definition revisions name them, and rollbacks need them"
         selection = {
-          tagStatus   = "any"
-          countType   = "imageCountMoreThan"
-          countNumber = var.ecr_keep_images
+          tagStatus      = "tagged"
+          tagPatternList = ["*"]
+          countType      = "imageCountMoreThan"
+          countNumber    = var.ecr_keep_images
         }
         action = { type = "expire" }
       },

@@ -1,9 +1,11 @@
-# Four roles, each with only what its holder does:
+# Five roles, each with only what its holder does:
 #   execution role: the ECS agent pulls this repository's image, writes this log group, reads this secret
 #   task role:      the container itself; reads its release's manifest and archives from the model store
 #                   (models.tf), and ECS Exec's channel and its audit log. It writes nothing.
 #   instance role:  the GPU instances join the cluster (AWS's managed ECS-for-EC2 policy)
 #   model operator: publishes archives and release manifests, rolls releases out (scripts/models.py)
+#   ECS infrastructure role: ECS itself, during a canary or linear release, registers tasks with the
+#                   two target groups and shifts the production listener rule's weights (alb.tf)
 
 # ECS's agent assumes the execution role (AWS's documented trust policy has no conditions).
 data "aws_iam_policy_document" "execution_assume" {
@@ -186,6 +188,40 @@ resource "aws_iam_role_policy_attachment" "instance_ecs" {
 resource "aws_iam_instance_profile" "instance" {
   name = "${var.name}-gpu-instance"
   role = aws_iam_role.instance.name
+}
+
+# --- ECS infrastructure role (load balancers) ----------------------------------------------------
+
+# ECS assumes it to run the blue/green family's releases (CANARY, LINEAR): register and deregister
+# tasks in the two target groups and change the production listener rule's weights. AWS documents
+# the trust without conditions; the confused-deputy guard admits ECS only on behalf of this
+# account's resources in this region, as the task role's trust does.
+# Exactly AWS's documented trust policy for this role: no confused-deputy conditions, because AWS
+# does not document that ECS sends aws:SourceAccount or aws:SourceArn when it assumes this role,
+# and a condition it does not meet would fail every release. What the role may do is AWS's managed
+# policy below, on this account's load balancers.
+data "aws_iam_policy_document" "ecs_infrastructure_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["ecs.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role" "ecs_infrastructure" {
+  name               = "${var.name}-ecs-infrastructure"
+  description        = "ECS shifts ${var.name}'s production listener rule and registers tasks in its two target groups during a release"
+  assume_role_policy = data.aws_iam_policy_document.ecs_infrastructure_assume.json
+}
+
+# AWS's managed policy for exactly this (ELB reads, RegisterTargets and DeregisterTargets,
+# ModifyListener, and ModifyRule on application load balancers' rules); AWS keeps it current as
+# ECS's release steps change, which a hand-written copy would not be.
+resource "aws_iam_role_policy_attachment" "ecs_infrastructure" {
+  role       = aws_iam_role.ecs_infrastructure.name
+  policy_arn = "arn:${local.partition}:iam::aws:policy/AmazonECSInfrastructureRolePolicyForLoadBalancers"
 }
 
 # --- model operator role ------------------------------------------------------------------------

@@ -7,10 +7,22 @@
 locals {
   metrics_namespace = var.name
 
-  load_balancer = tomap({ LoadBalancer = aws_lb.this.arn_suffix })
-  target_group  = tomap({ LoadBalancer = aws_lb.this.arn_suffix, TargetGroup = aws_lb_target_group.this.arn_suffix })
-  ecs_service   = tomap({ ClusterName = aws_ecs_cluster.this.name, ServiceName = aws_ecs_service.this.name })
-  model         = tomap({ model = var.model_name })
+  # Production traffic may run through either target group (alb.tf: a canary or linear release
+  # moves it to the other one), so what judges traffic reads the whole load balancer, and what
+  # counts targets reads both groups.
+  load_balancer   = tomap({ LoadBalancer = aws_lb.this.arn_suffix })
+  target_group    = tomap({ LoadBalancer = aws_lb.this.arn_suffix, TargetGroup = aws_lb_target_group.this.arn_suffix })
+  alternate_group = tomap({ LoadBalancer = aws_lb.this.arn_suffix, TargetGroup = aws_lb_target_group.alternate.arn_suffix })
+  # The service's name, not aws_ecs_service.this.name: the service names the judges below among its
+  # alarms, so the alarms must not depend on it.
+  ecs_service = tomap({ ClusterName = aws_ecs_cluster.this.name, ServiceName = var.name })
+  model       = tomap({ model = var.model_name })
+
+  # The alarms that judge a release (service.tf, `alarms`): ECS rolls a release back when one of them
+  # fires before the release completes. Each reads every request, the canary's among them, each
+  # minute; no traffic is not a breach; 3 breaching minutes of 5 fire it, within a canary bake
+  # (canary_bake_time_minutes is at least 5).
+  release_judges = ["alb-5xx-rate", "p99-response-time", "model-error-rate"]
 
   gpu_memory_mib = min([for gpu in data.aws_ec2_instance_type.gpu.gpus : gpu.memory_size]...)
 
@@ -36,15 +48,18 @@ locals {
       threshold   = var.alarm_p99_response_seconds
       minutes     = 5
       datapoints  = 3
-      metrics     = [["m1", "AWS/ApplicationELB", "TargetResponseTime", "p99", local.target_group]]
+      metrics     = [["m1", "AWS/ApplicationELB", "TargetResponseTime", "p99", local.load_balancer]]
     }
     unhealthy-hosts = {
       description = "A task has failed the load balancer's health check for 3 minutes."
-      expression  = "m1"
+      expression  = "MAX([FILL(m1, 0), FILL(m2, 0)])"
       threshold   = 0
       minutes     = 3
       datapoints  = 3
-      metrics     = [["m1", "AWS/ApplicationELB", "UnHealthyHostCount", "Maximum", local.target_group]]
+      metrics = [
+        ["m1", "AWS/ApplicationELB", "UnHealthyHostCount", "Maximum", local.target_group],
+        ["m2", "AWS/ApplicationELB", "UnHealthyHostCount", "Maximum", local.alternate_group],
+      ]
     }
     tasks-below-desired = {
       # 10 minutes: a deployment or scale-out may wait minutes for a GPU instance to join.
@@ -164,6 +179,12 @@ resource "aws_cloudwatch_metric_alarm" "this" {
 locals {
   stages = ["fetch_ms", "decode_ms", "transform_ms", "predict_ms", "postprocess_ms"]
 
+  # Unhealthy tasks in either target group (a release's new tasks are in the other one).
+  unhealthy_hosts_lines = [for group in [aws_lb_target_group.this, aws_lb_target_group.alternate] : [
+    "AWS/ApplicationELB", "UnHealthyHostCount", "LoadBalancer", aws_lb.this.arn_suffix, "TargetGroup", group.arn_suffix,
+    { stat = "Maximum", label = "unhealthy (${group.name})" },
+  ]]
+
   # [title, metrics in CloudWatch's dashboard form]
   dashboard_widgets = [
     ["Requests per minute", [
@@ -172,7 +193,7 @@ locals {
     ]],
     ["Response time (s), load balancer to task", [
       for p in ["p50", "p90", "p99"] : ["AWS/ApplicationELB", "TargetResponseTime", "LoadBalancer", aws_lb.this.arn_suffix,
-      "TargetGroup", aws_lb_target_group.this.arn_suffix, { stat = p, label = p }]
+      { stat = p, label = p }]
     ]],
     ["Errors by code (requests per minute)", [
       [{ expression = "SEARCH('{${local.metrics_namespace},model,outcome} MetricName=\"requests\" NOT outcome=\"ok\"', 'Sum', 60)", label = "", id = "codes" }],
@@ -184,11 +205,10 @@ locals {
     ["Stage latency p99 (ms)", [
       for stage in local.stages : [local.metrics_namespace, stage, "model", var.model_name, { stat = "p99", label = stage }]
     ]],
-    ["Tasks", [
+    ["Tasks", concat([
       ["ECS/ContainerInsights", "RunningTaskCount", "ClusterName", aws_ecs_cluster.this.name, "ServiceName", aws_ecs_service.this.name, { stat = "Minimum", label = "running" }],
       ["ECS/ContainerInsights", "DesiredTaskCount", "ClusterName", aws_ecs_cluster.this.name, "ServiceName", aws_ecs_service.this.name, { stat = "Maximum", label = "desired" }],
-      ["AWS/ApplicationELB", "UnHealthyHostCount", "LoadBalancer", aws_lb.this.arn_suffix, "TargetGroup", aws_lb_target_group.this.arn_suffix, { stat = "Maximum", label = "unhealthy" }],
-    ]],
+    ], local.unhealthy_hosts_lines)],
     ["GPU", [
       [local.metrics_namespace, "gpu_utilization_percent", "model", var.model_name, { stat = "Average", label = "utilization %" }],
       [local.metrics_namespace, "gpu_memory_mb", "model", var.model_name, { stat = "Maximum", label = "memory MiB", yAxis = "right" }],

@@ -57,3 +57,8 @@ output "model_operator_role_arn" {
   description = "The role that publishes to the model store and rolls releases out (scripts/models.py); the store's only writer."
   value       = aws_iam_role.model_operator.arn
 }
+
+output "production_listener_rule_arn" {
+  description = "The listener rule whose weights ECS shifts during a canary or linear release (aws elbv2 describe-rules --rule-arns ... shows them)."
+  value       = aws_lb_listener_rule.production.arn
+}

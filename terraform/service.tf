@@ -22,6 +22,45 @@ resource "aws_ecs_service" "this" {
     rollback = true
   }
 
+  # ECS's own deployment strategy (README "Releases"). CANARY: the new revision's tasks start in
+  # the other target group, take canary_percent of the traffic for canary_bake_time_minutes, then
+  # all of it; the old tasks stay for deployment_bake_time_minutes, so a rollback until then only
+  # moves traffic back. LINEAR: linear_step_percent at a time. ROLLING: tasks replaced in place, in
+  # the one target group, without a bake.
+  deployment_controller {
+    type = "ECS"
+  }
+
+  deployment_configuration {
+    strategy             = var.deployment_strategy
+    bake_time_in_minutes = local.shifts_traffic ? tostring(var.deployment_bake_time_minutes) : null
+
+    dynamic "canary_configuration" {
+      for_each = var.deployment_strategy == "CANARY" ? [1] : []
+      content {
+        canary_percent              = var.canary_percent
+        canary_bake_time_in_minutes = tostring(var.canary_bake_time_minutes)
+      }
+    }
+
+    dynamic "linear_configuration" {
+      for_each = var.deployment_strategy == "LINEAR" ? [1] : []
+      content {
+        step_percent              = var.linear_step_percent
+        step_bake_time_in_minutes = tostring(var.linear_step_bake_time_minutes)
+      }
+    }
+  }
+
+  # What judges a release: the 5xx rate, the p99 latency and the model's error rate (monitoring.tf).
+  # One of them firing before the release completes rolls it back, as the circuit breaker does for
+  # tasks that never become healthy.
+  alarms {
+    alarm_names = [for name in local.release_judges : aws_cloudwatch_metric_alarm.this[name].alarm_name]
+    enable      = true
+    rollback    = true
+  }
+
   capacity_provider_strategy {
     capacity_provider = aws_ecs_capacity_provider.gpu.name
     weight            = 1
@@ -44,6 +83,17 @@ resource "aws_ecs_service" "this" {
     target_group_arn = aws_lb_target_group.this.arn
     container_name   = local.container_name
     container_port   = local.inference_port
+
+    # CANARY and LINEAR: the second target group, the rule whose weights ECS shifts, and the role
+    # it shifts them with (alb.tf, iam.tf).
+    dynamic "advanced_configuration" {
+      for_each = local.shifts_traffic ? [1] : []
+      content {
+        alternate_target_group_arn = aws_lb_target_group.alternate.arn
+        production_listener_rule   = aws_lb_listener_rule.production.arn
+        role_arn                   = aws_iam_role.ecs_infrastructure.arn
+      }
+    }
   }
 
   enable_ecs_managed_tags = true
@@ -58,7 +108,16 @@ resource "aws_ecs_service" "this" {
   depends_on = [
     aws_lb_listener.https,
     aws_lb_listener.http,
+    # ECS accepts a target group only once a load balancer uses it: the alternate one is in this rule.
+    aws_lb_listener_rule.production,
     aws_ecs_cluster_capacity_providers.this,
     aws_iam_role_policy.execution,
+    # The role must hold its policy before ECS first uses it (and keep it until the service is gone).
+    aws_iam_role_policy_attachment.ecs_infrastructure,
   ]
+}
+
+locals {
+  # The blue/green family: two target groups, traffic shifted by the production listener rule.
+  shifts_traffic = contains(["CANARY", "LINEAR"], var.deployment_strategy)
 }

@@ -123,6 +123,16 @@ resource "aws_ecs_task_definition" "this" {
       error_message = "instance_type ${var.instance_type} has no GPU."
     }
     precondition {
+      # The image is CUDA: an AMD GPU (g4ad) never gets a READY worker (require_cuda).
+      condition     = alltrue([for gpu in data.aws_ec2_instance_type.gpu.gpus : gpu.manufacturer == "NVIDIA"])
+      error_message = "instance_type ${var.instance_type} has ${join(", ", distinct([for gpu in data.aws_ec2_instance_type.gpu.gpus : gpu.manufacturer]))} GPUs; the image needs NVIDIA (CUDA)."
+    }
+    precondition {
+      # The image and the task definition's runtime_platform are X86_64; Graviton types (g5g) are arm64.
+      condition     = contains(data.aws_ec2_instance_type.gpu.supported_architectures, "x86_64")
+      error_message = "instance_type ${var.instance_type} runs ${join(", ", data.aws_ec2_instance_type.gpu.supported_architectures)}; the image and the task are x86_64."
+    }
+    precondition {
       condition     = var.task_cpu <= data.aws_ec2_instance_type.gpu.default_vcpus * 1024
       error_message = "task_cpu ${var.task_cpu} exceeds the ${data.aws_ec2_instance_type.gpu.default_vcpus * 1024} CPU units of a ${var.instance_type}."
     }

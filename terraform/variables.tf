@@ -243,8 +243,10 @@ variable "instance_type" {
   default     = "g4dn.xlarge"
 
   validation {
-    condition     = can(regex("^(g[4-9][a-z]*|p[3-9][a-z]*)\\.[0-9a-z]+$", var.instance_type))
-    error_message = "instance_type must be an NVIDIA GPU instance type (g4dn, g5, g6, g6e, p3, p4d, p5, ...), e.g. g4dn.xlarge."
+    # The image is CUDA on x86_64: g4ad has AMD GPUs, and a family with a g after its generation
+    # (g5g) is Graviton, arm64. task.tf checks the type's GPUs and architectures themselves too.
+    condition     = can(regex("^(g[4-9][a-z]*|p[3-9][a-z]*)\\.[0-9a-z]+$", var.instance_type)) && !can(regex("^g4ad\\.", var.instance_type)) && !can(regex("^[gp][0-9]+[a-z]*g[a-z]*\\.", var.instance_type))
+    error_message = "instance_type must be an NVIDIA GPU instance type on x86_64 (g4dn, g5, g6, g6e, p3, p4d, p5, ...), e.g. g4dn.xlarge; not g4ad (AMD GPUs) nor a Graviton type such as g5g (arm64)."
   }
 }
 
@@ -271,9 +273,9 @@ variable "instance_min_count" {
 }
 
 variable "instance_max_count" {
-  description = "Maximum number of GPU instances the capacity provider may run (bounds cost). Leave room for one extra task during deployments."
+  description = "Maximum number of GPU instances the capacity provider may run (bounds cost): at least twice max_tasks, since a release starts the new revision's tasks beside the old ones."
   type        = number
-  default     = 4
+  default     = 6
 
   validation {
     condition     = var.instance_max_count >= 1 && var.instance_max_count >= var.instance_min_count && floor(var.instance_max_count) == var.instance_max_count
@@ -282,13 +284,86 @@ variable "instance_max_count" {
 }
 
 # ---------------------------------------------------------------------------------------------
+# Releases: ECS's deployment strategy (service.tf, README "Releases")
+# ---------------------------------------------------------------------------------------------
+
+variable "deployment_strategy" {
+  description = "How ECS rolls out a new task definition revision: CANARY (canary_percent of the traffic first, then all of it), LINEAR (linear_step_percent at a time) or ROLLING (tasks replaced in place, no traffic shifting, no bake)."
+  type        = string
+  default     = "CANARY"
+
+  validation {
+    condition     = contains(["CANARY", "LINEAR", "ROLLING"], var.deployment_strategy)
+    error_message = "deployment_strategy must be CANARY, LINEAR or ROLLING."
+  }
+}
+
+variable "canary_percent" {
+  description = "CANARY: the percentage of production traffic the new revision takes first, for canary_bake_time_minutes."
+  type        = number
+  default     = 10
+
+  validation {
+    # ECS: multiples of 0.1 from 0.1 to 100.
+    condition     = var.canary_percent >= 0.1 && var.canary_percent <= 100 && can(regex("^[0-9]+(\\.[0-9])?$", tostring(var.canary_percent)))
+    error_message = "canary_percent must be within 0.1..100, in steps of 0.1."
+  }
+}
+
+variable "canary_bake_time_minutes" {
+  description = "CANARY: minutes the new revision serves canary_percent of the traffic, judged by the release alarms, before it takes all of it."
+  type        = number
+  default     = 10
+
+  validation {
+    # The judges fire after 3 breaching minutes of 5 (monitoring.tf); ECS allows up to 1440.
+    condition     = var.canary_bake_time_minutes >= 5 && var.canary_bake_time_minutes <= 1440 && floor(var.canary_bake_time_minutes) == var.canary_bake_time_minutes
+    error_message = "canary_bake_time_minutes must be a whole number within 5..1440: the release alarms need 3 breaching minutes of 5 to fire."
+  }
+}
+
+variable "linear_step_percent" {
+  description = "LINEAR: the percentage of production traffic moved to the new revision at each step."
+  type        = number
+  default     = 25
+
+  validation {
+    # ECS: multiples of 0.1 from 3 to 100.
+    condition     = var.linear_step_percent >= 3 && var.linear_step_percent <= 100 && can(regex("^[0-9]+(\\.[0-9])?$", tostring(var.linear_step_percent)))
+    error_message = "linear_step_percent must be within 3..100, in steps of 0.1."
+  }
+}
+
+variable "linear_step_bake_time_minutes" {
+  description = "LINEAR: minutes between two steps."
+  type        = number
+  default     = 5
+
+  validation {
+    condition     = var.linear_step_bake_time_minutes >= 0 && var.linear_step_bake_time_minutes <= 1440 && floor(var.linear_step_bake_time_minutes) == var.linear_step_bake_time_minutes
+    error_message = "linear_step_bake_time_minutes must be a whole number within 0..1440."
+  }
+}
+
+variable "deployment_bake_time_minutes" {
+  description = "CANARY and LINEAR: minutes the old revision keeps running after the new one took all the traffic; until then a rollback only moves the traffic back."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.deployment_bake_time_minutes >= 5 && var.deployment_bake_time_minutes <= 1440 && floor(var.deployment_bake_time_minutes) == var.deployment_bake_time_minutes
+    error_message = "deployment_bake_time_minutes must be a whole number within 5..1440: the release alarms need 3 breaching minutes of 5 to fire."
+  }
+}
+
+# ---------------------------------------------------------------------------------------------
 # Service auto scaling
 # ---------------------------------------------------------------------------------------------
 
 variable "min_tasks" {
-  description = "Minimum (and initial) number of tasks of the service."
+  description = "Minimum (and initial) number of tasks of the service. 2: one task in each of two availability zones (the service spreads them; private_subnet_ids must span two zones), so that an instance or a zone can fail while the other task serves. 1 halves the idle cost (one g4dn.xlarge, README \"Scaling and its cost\") and is down while its only task or zone is."
   type        = number
-  default     = 1
+  default     = 2
 
   validation {
     condition     = var.min_tasks >= 1 && floor(var.min_tasks) == var.min_tasks
@@ -297,24 +372,63 @@ variable "min_tasks" {
 }
 
 variable "max_tasks" {
-  description = "Maximum number of tasks the service scales out to (one GPU each)."
+  description = "Maximum number of tasks the service scales out to (one GPU, so one instance, each): at most half of instance_max_count (a release runs old and new tasks side by side)."
   type        = number
   default     = 3
 
   validation {
-    condition     = var.max_tasks >= var.min_tasks && floor(var.max_tasks) == var.max_tasks
-    error_message = "max_tasks must be a whole number, at least min_tasks."
+    condition     = var.max_tasks >= var.min_tasks && var.max_tasks * 2 <= var.instance_max_count && floor(var.max_tasks) == var.max_tasks
+    error_message = "max_tasks must be a whole number, at least min_tasks and at most half of instance_max_count: each task needs an instance of its own, and a release (canary, linear or rolling at 200 %) starts the new revision's tasks beside the old ones."
   }
 }
 
 variable "requests_per_task_target" {
-  description = "Target for ALBRequestCountPerTarget: requests per task per minute that the service scales to keep."
+  description = "Requests per task per minute the service scales to keep: the requests to both target groups divided by the service's desired task count (autoscaling.tf). Set it comfortably below what one task sustains (a load test measures that)."
   type        = number
   default     = 600
 
   validation {
     condition     = var.requests_per_task_target > 0
     error_message = "requests_per_task_target must be positive."
+  }
+}
+
+variable "scale_out_cooldown_seconds" {
+  description = "Seconds after a scale-out before the policy adds tasks again on the same metric (a larger scale-out still happens at once). Longer than the metric's delay: the metric divides by desired tasks, so added tasks count once CloudWatch has the minute; until then its points still show the load per task from before, and a scale-out on them would overshoot. 300 leaves room for up to 4 minutes of delay (README \"Scaling and its cost\")."
+  type        = number
+  default     = 300
+
+  validation {
+    condition     = var.scale_out_cooldown_seconds >= 60 && var.scale_out_cooldown_seconds <= 3600 && floor(var.scale_out_cooldown_seconds) == var.scale_out_cooldown_seconds
+    error_message = "scale_out_cooldown_seconds must be a whole number within 60..3600."
+  }
+}
+
+variable "scale_in_cooldown_seconds" {
+  description = "Seconds after a scale-in before the next one. Target tracking already waits for 15 quiet minutes before the first; this spaces further steps (a new GPU task takes minutes to come back)."
+  type        = number
+  default     = 600
+
+  validation {
+    condition     = var.scale_in_cooldown_seconds >= 60 && var.scale_in_cooldown_seconds <= 3600 && floor(var.scale_in_cooldown_seconds) == var.scale_in_cooldown_seconds
+    error_message = "scale_in_cooldown_seconds must be a whole number within 60..3600."
+  }
+}
+
+variable "warm_pool" {
+  description = "Keep the instances the group may still add (instance_max_count less the running ones) initialized and stopped in an EC2 warm pool: a scale-out starts one instead of launching a fresh one. A stopped instance costs its root volume only (root_volume_size_gb x the gp3 price, about 8 USD a month at 100 GB)."
+  type        = bool
+  default     = true
+}
+
+variable "target_capacity_percent" {
+  description = "The capacity provider's target: the percentage of the GPU instances that tasks use. 100: no running spare instance. Below 100: ceil(tasks x 100 / target) instances, the rest spare and running (a task placed there skips the instance's boot; each costs a whole instance, about 384 USD a month for a g4dn.xlarge). 67 keeps one spare for 2 tasks."
+  type        = number
+  default     = 100
+
+  validation {
+    condition     = var.target_capacity_percent >= 1 && var.target_capacity_percent <= 100 && floor(var.target_capacity_percent) == var.target_capacity_percent
+    error_message = "target_capacity_percent must be a whole number within 1..100."
   }
 }
 
@@ -334,13 +448,13 @@ variable "log_retention_days" {
 }
 
 variable "ecr_keep_images" {
-  description = "Number of most recent images kept in the ECR repository (older ones expire). Keep enough to roll back to."
+  description = "Number of most recent tagged images the ECR repository keeps; older tagged images expire (untagged ones after 7 days). Generous on purpose: a task definition revision whose image expired cannot be rolled back to (ecr.tf)."
   type        = number
-  default     = 30
+  default     = 500
 
   validation {
-    condition     = var.ecr_keep_images >= 2 && floor(var.ecr_keep_images) == var.ecr_keep_images
-    error_message = "ecr_keep_images must be a whole number, at least 2 (the running image and the one to roll back to)."
+    condition     = var.ecr_keep_images >= 100 && var.ecr_keep_images <= 10000 && floor(var.ecr_keep_images) == var.ecr_keep_images
+    error_message = "ecr_keep_images must be a whole number within 100..10000: images of registered revisions are the way back."
   }
 }
 

@@ -141,6 +141,9 @@ def test_the_example_tfvars_passes_every_validation(terraform, variables_only):
     "ssl_policy=ELBSecurityPolicy-2016-08",
     "log_retention_days=10",
     "max_tasks=0",
+    "max_tasks=4",  # more than half of instance_max_count (6): a release runs old and new tasks side by side
+    "target_capacity_percent=0",
+    "scale_out_cooldown_seconds=30",
     "instance_max_count=0",
     'environment={"OBJDETECT_API_KEYS": "key"}',
     'environment={"OBJDETECT_RELEASE": "s3://objdetect-models/releases/r1.json"}',
@@ -154,6 +157,18 @@ def test_the_example_tfvars_passes_every_validation(terraform, variables_only):
     "scratch_mib=512",
     'model_operator_principals=["*"]',
     'model_operator_principals=["arn:aws:iam::123456789012:group/ml"]',
+    "instance_type=g4ad.xlarge",  # AMD GPUs
+    "instance_type=g5g.xlarge",  # Graviton: arm64
+    "deployment_strategy=BLUE_GREEN",
+    "deployment_strategy=canary",
+    "canary_percent=0",
+    "canary_percent=100.5",
+    "canary_percent=12.34",
+    "canary_bake_time_minutes=4",  # shorter than the judges need to fire
+    "canary_bake_time_minutes=7.5",
+    "linear_step_percent=2",
+    "deployment_bake_time_minutes=0",
+    "ecr_keep_images=30",
 ])
 def test_variables_refuse_bad_values(terraform, variables_only, override):
     done = plan_variables(terraform, variables_only, override)
@@ -172,6 +187,38 @@ def test_a_release_and_operator_principals_pass_validation(terraform, variables_
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+@pytest.mark.integration
+@pytest.mark.parametrize("overrides", [
+    ("deployment_strategy=LINEAR", "linear_step_percent=12.5", "linear_step_bake_time_minutes=0"),
+    ("deployment_strategy=ROLLING",),
+    ("canary_percent=0.5", "canary_bake_time_minutes=5", "deployment_bake_time_minutes=1440"),
+    ("instance_type=g5.xlarge",), ("instance_type=g6e.2xlarge",), ("instance_type=p4d.24xlarge",),
+])
+def test_the_release_strategies_and_nvidia_x86_instance_types_pass_validation(terraform, variables_only, overrides):
+    done = plan_variables(terraform, variables_only, *overrides)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+# hashicorp/aws 6.21.0 (its CHANGELOG: "Add support for LINEAR and CANARY deployment strategies with
+# deployment_configuration.linear_configuration and deployment_configuration.canary_configuration")
+# is the first with every argument service.tf uses; 6.69.1 is the schema make validate-terraform checks.
+AWS_PROVIDER_FIRST_WITH_CANARY = (6, 21, 0)
+AWS_PROVIDER_VALIDATED = (6, 69, 1)
+
+
+def version_admits(constraint: str, version: tuple[int, ...]) -> bool:
+    """Terraform's version constraints, for the >=, <, <=, > and = forms used here."""
+    compare = {">=": lambda a, b: a >= b, ">": lambda a, b: a > b, "<=": lambda a, b: a <= b, "<": lambda a, b: a < b,
+               "=": lambda a, b: a == b}
+    for part in constraint.split(","):
+        operator, number = re.fullmatch(r"\s*(>=|<=|>|<|=)\s*([\d.]+)\s*", part).groups()
+        bound = tuple(int(n) for n in number.split("."))
+        bound += (0,) * (3 - len(bound))
+        if not compare[operator](version, bound):
+            return False
+    return True
+
+
 @pytest.mark.unit
 def test_terraform_and_the_aws_provider_are_pinned():
     settings = config()["terraform"]
@@ -180,6 +227,13 @@ def test_terraform_and_the_aws_provider_are_pinned():
     aws = one(providers)["aws"]
     assert aws["source"] == "hashicorp/aws"
     assert aws["version"] == ">= 6.21, < 7.0"
+    # The minimum is the first release with the canary's arguments, and the range admits the schema validated.
+    assert version_admits(aws["version"], AWS_PROVIDER_FIRST_WITH_CANARY)
+    assert not version_admits(aws["version"], (6, 20, 0)) and not version_admits(aws["version"], (6, 4, 0))
+    assert version_admits(aws["version"], AWS_PROVIDER_VALIDATED)
+    assert not version_admits(aws["version"], (7, 0, 0))
+    comment = (TERRAFORM_DIR / "versions.tf").read_text()
+    assert "6.21.0" in comment and "canary_configuration" in comment  # says why
 
 
 @pytest.mark.unit
@@ -256,6 +310,34 @@ def test_ecr_tags_are_immutable_scanned_on_push_encrypted_and_expire():
     assert "imageCountMoreThan" in policy["policy"]
 
 
+def lifecycle_rules() -> list[dict]:
+    """The ECR lifecycle policy's rules: the object under jsonencode, parsed as HCL."""
+    policy = resources("aws_ecr_lifecycle_policy")["this"]["policy"]
+    match = re.fullmatch(r"\$\{jsonencode\((.*)\)\}", policy, re.S)
+    assert match, policy
+    options = hcl2.SerializationOptions(strip_string_quotes=True, with_comments=False, explicit_blocks=False)
+    return hcl2.loads(f"policy = {match[1]}", serialization_options=options)["policy"]["rules"]
+
+
+@pytest.mark.unit
+def test_ecr_expires_untagged_images_only_by_age_and_keeps_a_generous_count_of_tagged_ones():
+    """Task definition revisions name tagged images, and a rollback to one whose image expired
+    fails to pull: untagged images expire, tagged ones only beyond a count no rollback reaches."""
+    rules = sorted(lifecycle_rules(), key=lambda rule: rule["rulePriority"])
+    assert [rule["action"] for rule in rules] == [{"type": "expire"}] * len(rules)
+    untagged, tagged = rules  # exactly these two
+    assert untagged["selection"] == {"tagStatus": "untagged", "countType": "sinceImagePushed", "countUnit": "days",
+                                     "countNumber": 7}
+    assert tagged["selection"] == {"tagStatus": "tagged", "tagPatternList": ["*"], "countType": "imageCountMoreThan",
+                                   "countNumber": "${var.ecr_keep_images}"}
+    assert not [rule for rule in rules if rule["selection"]["tagStatus"] == "any"]  # "any" would count tagged images by age too
+    variable = config()["variable"]["ecr_keep_images"]
+    assert variable["default"] >= 500
+    assert "var.ecr_keep_images >= 100" in one(variable["validation"])["condition"]
+    reason = (TERRAFORM_DIR / "ecr.tf").read_text()
+    assert "rollback" in reason and "refuse" in reason  # the decision and the scripts' check, written down
+
+
 # --- the task --------------------------------------------------------------------------------
 
 def container() -> dict:
@@ -277,6 +359,35 @@ def test_task_needs_one_gpu_on_ec2_in_awsvpc_mode():
     assert variables["task_cpu"]["default"] < 4096 and variables["task_memory"]["default"] <= 16384 - 2048
     conditions = [p["condition"] for p in one(task["lifecycle"])["precondition"]]
     assert any("memory_size" in c for c in conditions) and any("default_vcpus" in c for c in conditions)
+
+
+INSTANCE_TYPES = {  # type: (GPU manufacturers, architectures), as EC2's DescribeInstanceTypes reports them
+    "g4dn.xlarge": (["NVIDIA"], ["x86_64"]), "g5.2xlarge": (["NVIDIA"], ["x86_64"]), "p4d.24xlarge": (["NVIDIA"], ["x86_64"]),
+    "g4ad.xlarge": (["AMD"], ["x86_64"]), "g5g.xlarge": (["NVIDIA"], ["arm64"]), "m5.large": ([], ["x86_64", "i386"]),
+}
+
+
+def instance_type_accepted(instance_type: str) -> bool:
+    """variables.tf's instance_type validation, run here: each can(regex(...)) of its condition, negated where it is."""
+    condition = one(config()["variable"]["instance_type"]["validation"])["condition"]
+    terms = re.findall(r'(!?)can\(regex\("((?:[^"\\]|\\.)*)", var\.instance_type\)\)', condition)
+    assert len(terms) == condition.count("can(") >= 2 and condition.count("||") == 0, condition
+    return all(bool(re.search(pattern.replace("\\\\", "\\"), instance_type)) != bool(negated) for negated, pattern in terms)
+
+
+@pytest.mark.unit
+def test_instance_types_must_be_nvidia_and_x86_64():
+    """The image is CUDA on x86_64: g4ad (AMD GPUs) and Graviton types (g5g, arm64) are refused by the
+    variable's validation and, whatever the name says, by preconditions on what EC2 reports."""
+    for instance_type, (manufacturers, architectures) in INSTANCE_TYPES.items():
+        fits = manufacturers and set(manufacturers) == {"NVIDIA"} and "x86_64" in architectures
+        assert instance_type_accepted(instance_type) == bool(fits), instance_type
+    conditions = [p["condition"] for p in one(resources("aws_ecs_task_definition")["this"]["lifecycle"])["precondition"]]
+    assert "${length(data.aws_ec2_instance_type.gpu.gpus) > 0}" in conditions
+    assert '${alltrue([for gpu in data.aws_ec2_instance_type.gpu.gpus : gpu.manufacturer == "NVIDIA"])}' in conditions
+    assert '${contains(data.aws_ec2_instance_type.gpu.supported_architectures, "x86_64")}' in conditions
+    platform = one(resources("aws_ecs_task_definition")["this"]["runtime_platform"])
+    assert platform["cpu_architecture"] == "X86_64"
 
 
 @pytest.mark.unit
@@ -452,15 +563,13 @@ def test_service_rolls_back_failed_deployments_and_allows_ecs_exec():
 
 
 @pytest.mark.unit
-def test_service_scales_on_alb_requests_per_target():
+def test_service_scales_its_desired_count_between_min_and_max_tasks():
+    # The policy's metric, cooldowns and spare capacity: tests/test_scaling.py.
     target = resources("aws_appautoscaling_target")["service"]
     assert target["scalable_dimension"] == "ecs:service:DesiredCount"
     assert target["min_capacity"] == "${var.min_tasks}" and target["max_capacity"] == "${var.max_tasks}"
     policy = resources("aws_appautoscaling_policy")["requests_per_task"]
     assert policy["policy_type"] == "TargetTrackingScaling"
-    metric = one(one(policy["target_tracking_scaling_policy_configuration"])["predefined_metric_specification"])
-    assert metric["predefined_metric_type"] == "ALBRequestCountPerTarget"
-    assert metric["resource_label"] == "${aws_lb.this.arn_suffix}/${aws_lb_target_group.this.arn_suffix}"
 
 
 @pytest.mark.unit
@@ -727,8 +836,9 @@ ALARMS = {
         (ALB, "HTTPCode_Target_5XX_Count", "Sum", "load_balancer"), (ALB, "HTTPCode_ELB_5XX_Count", "Sum", "load_balancer"),
         (ALB, "RequestCount", "Sum", "load_balancer")]),
     "p99-response-time": ("${var.alarm_p99_response_seconds}", "m1",
-                          [(ALB, "TargetResponseTime", "p99", "target_group")]),
-    "unhealthy-hosts": (0, "m1", [(ALB, "UnHealthyHostCount", "Maximum", "target_group")]),
+                          [(ALB, "TargetResponseTime", "p99", "load_balancer")]),
+    "unhealthy-hosts": (0, "MAX([FILL(m1, 0), FILL(m2, 0)])", [(ALB, "UnHealthyHostCount", "Maximum", "target_group"),
+                                                               (ALB, "UnHealthyHostCount", "Maximum", "alternate_group")]),
     "tasks-below-desired": (0, "m1 - m2", [(ECS, "DesiredTaskCount", "Maximum", "ecs_service"),
                                            (ECS, "RunningTaskCount", "Minimum", "ecs_service")]),
     "model-error-rate": ("${var.alarm_model_error_percent}", "100 * m1 / m2",
@@ -820,3 +930,180 @@ def test_the_waf_refuses_content_types_the_api_does_not_take(content_type, accep
     assert bool(re.search(pattern, content_type.lower())) == accepted
     bodies = {body["key"]: body for body in acl["custom_response_body"]}
     assert bodies["unsupported-media-type"]["content_type"] == "APPLICATION_JSON"
+
+
+# --- releases: ECS's canary (service.tf, alb.tf, iam.tf, monitoring.tf) ----------------------
+
+STRATEGIES = ("CANARY", "LINEAR", "ROLLING")
+
+
+def service() -> dict:
+    return resources("aws_ecs_service")["this"]
+
+
+def dynamic_blocks(body: dict) -> dict[str, dict]:
+    """A body's dynamic blocks by name: {"for_each": ..., "content": [...]}."""
+    return {name: block for entry in body.get("dynamic", []) for name, block in entry.items()}
+
+
+def holds(expression: str, strategy: str) -> bool:
+    """A block's for_each, for one deployment_strategy: the two forms service.tf uses, evaluated here."""
+    shifts = config()["locals"]["shifts_traffic"]
+    chosen = re.fullmatch(r'\$\{contains\(\[((?:"\w+"(?:, )?)+)\], var\.deployment_strategy\)\}', shifts)
+    assert chosen, shifts
+    shifting = strategy in re.findall(r'"(\w+)"', chosen[1])
+    assert isinstance(expression, str), f"a for_each that ignores the strategy: {expression}"
+    if expression == "${local.shifts_traffic ? [1] : []}":
+        return shifting
+    match = re.fullmatch(r'\$\{var\.deployment_strategy == "(\w+)" \? \[1\] : \[\]\}', expression)
+    assert match, f"a for_each this test cannot evaluate: {expression}"
+    return strategy == match[1]
+
+
+def release_settings(strategy: str) -> dict:
+    """What service.tf sends ECS for one strategy: its blocks that exist, and the bake time."""
+    configuration = one(service()["deployment_configuration"])
+    blocks = {name: one(block["content"]) for name, block in dynamic_blocks(configuration).items()
+              if holds(block["for_each"], strategy)}
+    balancer = {name: one(block["content"]) for name, block in dynamic_blocks(one(service()["load_balancer"])).items()
+                if holds(block["for_each"], strategy)}
+    bake = re.fullmatch(r"\$\{local\.shifts_traffic \? (.+) : null\}", configuration["bake_time_in_minutes"])
+    assert bake, configuration["bake_time_in_minutes"]
+    shifting = holds("${local.shifts_traffic ? [1] : []}", strategy)
+    return {"strategy": configuration["strategy"], "blocks": blocks, "load_balancer": balancer,
+            "bake_time_in_minutes": bake[1] if shifting else None}
+
+
+@pytest.mark.unit
+def test_the_service_releases_with_ecs_own_strategy_canary_by_default():
+    assert one(service()["deployment_controller"]) == {"type": "ECS"}  # ECS's blue/green family needs it
+    assert one(service()["deployment_configuration"])["strategy"] == "${var.deployment_strategy}"
+    variable = config()["variable"]["deployment_strategy"]
+    assert variable["default"] == "CANARY"
+    assert one(variable["validation"])["condition"] == '${contains(["CANARY", "LINEAR", "ROLLING"], var.deployment_strategy)}'
+    assert config()["locals"]["shifts_traffic"] == '${contains(["CANARY", "LINEAR"], var.deployment_strategy)}'
+
+
+@pytest.mark.unit
+def test_canary_and_linear_settings_come_from_variables_and_only_with_their_strategy():
+    variables = config()["variable"]
+    canary = release_settings("CANARY")
+    assert canary["blocks"] == {"canary_configuration": {
+        "canary_percent": "${var.canary_percent}",
+        "canary_bake_time_in_minutes": "${tostring(var.canary_bake_time_minutes)}"}}
+    assert canary["bake_time_in_minutes"] == "tostring(var.deployment_bake_time_minutes)"
+    linear = release_settings("LINEAR")
+    assert linear["blocks"] == {"linear_configuration": {
+        "step_percent": "${var.linear_step_percent}",
+        "step_bake_time_in_minutes": "${tostring(var.linear_step_bake_time_minutes)}"}}
+    assert linear["bake_time_in_minutes"] == "tostring(var.deployment_bake_time_minutes)"
+    rolling = release_settings("ROLLING")  # ECS's rolling deployment as it was: no blocks, no bake, one target group
+    assert rolling["blocks"] == {} and rolling["load_balancer"] == {} and rolling["bake_time_in_minutes"] is None
+    # Defaults within what ECS accepts, a small canary, and bakes the judges can fire within.
+    assert 0.1 <= variables["canary_percent"]["default"] <= 20
+    assert 3 <= variables["linear_step_percent"]["default"] <= 100
+    for name in ("canary_bake_time_minutes", "deployment_bake_time_minutes", "linear_step_bake_time_minutes"):
+        assert 0 <= variables[name]["default"] <= 1440, name
+
+
+def judge_alarms() -> dict[str, dict]:
+    alarms = config()["locals"]["alarms"]
+    return {name: alarms[name] for name in config()["locals"]["release_judges"]}
+
+
+@pytest.mark.unit
+def test_the_alarms_block_names_exactly_the_three_judges_and_rolls_back_with_the_circuit_breaker():
+    block = one(service()["alarms"])
+    assert block == {"alarm_names": "${[for name in local.release_judges : aws_cloudwatch_metric_alarm.this[name].alarm_name]}",
+                     "enable": True, "rollback": True}
+    assert config()["locals"]["release_judges"] == ["alb-5xx-rate", "p99-response-time", "model-error-rate"]
+    assert set(judge_alarms()) <= set(config()["locals"]["alarms"])  # alarms monitoring.tf makes
+    assert one(service()["deployment_circuit_breaker"]) == {"enable": True, "rollback": True}
+    # The alarms must not depend on the service that names them (a cycle terraform refuses).
+    assert "aws_ecs_service" not in json.dumps(config()["locals"]["alarms"])
+    assert "aws_ecs_service" not in config()["locals"]["ecs_service"]
+
+
+@pytest.mark.unit
+def test_the_judges_read_every_request_and_can_fire_within_a_canary_bake():
+    """Each judge reads the whole load balancer or the model (production may be in either target
+    group, the canary in the other), each minute, takes no traffic for no breach, and fires within
+    the shortest canary bake the variable allows."""
+    resource = resources("aws_cloudwatch_metric_alarm")["this"]
+    assert resource["treat_missing_data"] == "notBreaching"
+    assert one(one(one(resource["dynamic"])["metric_query"]["content"])["metric"])["period"] == 60
+    shortest_bake = int(re.search(r"var\.canary_bake_time_minutes >= (\d+)",
+                                  one(config()["variable"]["canary_bake_time_minutes"]["validation"])["condition"])[1])
+    for name, alarm in judge_alarms().items():
+        assert {metric[4] for metric in alarm["metrics"]} <= {"${local.load_balancer}", "${local.model}"}, name
+        assert alarm["datapoints"] <= alarm["minutes"] <= shortest_bake, name
+    assert config()["locals"]["load_balancer"] == "${tomap({LoadBalancer = aws_lb.this.arn_suffix})}"
+    assert "deployment_bake_time_minutes >= 5" in one(config()["variable"]["deployment_bake_time_minutes"]["validation"])["condition"]
+
+
+@pytest.mark.unit
+def test_the_alternate_target_group_serves_like_the_first():
+    first, alternate = resources("aws_lb_target_group")["this"], resources("aws_lb_target_group")["alternate"]
+    assert first["name"] != alternate["name"] and alternate["name"] == "${var.name}-alt"  # <= 28 characters
+    for setting in ("port", "protocol", "target_type", "vpc_id", "deregistration_delay", "health_check"):
+        assert alternate[setting] == first[setting], setting
+    assert one(alternate["health_check"])["path"] == "/ping"
+    assert "count" not in alternate and "for_each" not in alternate  # whatever the strategy: nothing to create mid-release
+
+
+@pytest.mark.unit
+def test_the_production_listener_rule_forwards_to_both_groups_and_leaves_the_weights_to_ecs():
+    rule = resources("aws_lb_listener_rule")["production"]
+    # The listener that serves: HTTPS with a certificate (port 80 only redirects), plain HTTP without.
+    assert rule["listener_arn"] == "${local.https ? aws_lb_listener.https[0].arn : aws_lb_listener.http[0].arn}"
+    assert "count" not in rule
+    action = one(rule["action"])
+    assert action["type"] == "forward"
+    weights = {group["arn"]: group["weight"] for group in one(action["forward"])["target_group"]}
+    assert weights == {"${aws_lb_target_group.this.arn}": 100, "${aws_lb_target_group.alternate.arn}": 0}
+    assert one(one(rule["condition"])["path_pattern"])["values"] == ["/*"]  # every request
+    assert one(rule["lifecycle"])["ignore_changes"] == ["action"]  # ECS shifts the weights
+    # ECS's blue/green family fails on a listener that mixes forward and other actions.
+    for name in ("https", "http"):
+        assert one(resources("aws_lb_listener")[name]["default_action"])["type"] == "forward", name
+    assert config()["output"]["production_listener_rule_arn"]["value"] == "${aws_lb_listener_rule.production.arn}"
+
+
+@pytest.mark.unit
+def test_the_load_balancer_block_names_the_alternate_group_the_rule_and_the_role_when_traffic_shifts():
+    balancer = one(service()["load_balancer"])
+    assert balancer["target_group_arn"] == "${aws_lb_target_group.this.arn}"
+    for strategy in ("CANARY", "LINEAR"):
+        assert release_settings(strategy)["load_balancer"] == {"advanced_configuration": {
+            "alternate_target_group_arn": "${aws_lb_target_group.alternate.arn}",
+            "production_listener_rule": "${aws_lb_listener_rule.production.arn}",
+            "role_arn": "${aws_iam_role.ecs_infrastructure.arn}"}}, strategy
+    # ECS accepts the alternate group only once a listener uses it, and the role needs its policy first.
+    assert {"${aws_lb_listener_rule.production}", "${aws_iam_role_policy_attachment.ecs_infrastructure}"} <= \
+        set(service()["depends_on"])
+
+
+@pytest.mark.unit
+def test_the_infrastructure_role_is_ecs_s_with_aws_documented_trust_and_load_balancer_policy():
+    role = resources("aws_iam_role")["ecs_infrastructure"]
+    assert role["assume_role_policy"] == "${data.aws_iam_policy_document.ecs_infrastructure_assume.json}"
+    trust = one(statements("ecs_infrastructure_assume"))
+    assert trust["actions"] == ["sts:AssumeRole"] and trust.get("effect", "Allow") == "Allow"
+    assert trust["principals"] == [{"type": "Service", "identifiers": ["ecs.amazonaws.com"]}]
+    assert "condition" not in trust  # AWS documents none; one ECS does not meet would fail every release
+    attachments = [a for a in resources("aws_iam_role_policy_attachment").values()
+                   if a["role"] == "${aws_iam_role.ecs_infrastructure.name}"]
+    assert [a["policy_arn"] for a in attachments] == [
+        "arn:${local.partition}:iam::aws:policy/AmazonECSInfrastructureRolePolicyForLoadBalancers"]
+    assert not role_policies("ecs_infrastructure")  # nothing besides AWS's policy
+
+
+@pytest.mark.unit
+def test_the_readme_says_what_a_release_looks_like_how_to_watch_and_stop_it():
+    readme = (TERRAFORM_DIR / "README.md").read_text()
+    section = readme.split("## Releases\n", 1)[1].split("\n## ", 1)[0]
+    for needed in ("canary_percent", "canary_bake_time_minutes", "deployment_bake_time_minutes",
+                   "aws ecs list-service-deployments", "aws ecs describe-service-deployments", "console",
+                   "scripts/models.py status", "circuit breaker", "stop-service-deployment", "--stop-type ROLLBACK",
+                   *config()["locals"]["release_judges"]):
+        assert needed in section, f"README Releases does not mention {needed!r}"
