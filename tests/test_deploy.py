@@ -153,9 +153,10 @@ def test_deploy_reports_an_unstable_rollback_when_nothing_stabilizes(service, ca
 
 
 @pytest.mark.integration
-def test_deploy_detects_a_circuit_breaker_rollback(service, monkeypatch, capsys):
-    """ECS's circuit breaker puts the service back on the previous revision during the wait; the
-    service is then stable, but not on what was deployed."""
+def test_deploy_reports_a_rollback_by_ecs_on_an_alarm_or_its_circuit_breaker(service, monkeypatch, capsys):
+    """One of the alarms the service names (5xx rate, p99, model errors) fires during the canary's
+    bake, or the circuit breaker trips: ECS puts the service back on the previous revision during
+    the wait. The service is then stable, but not on what was deployed: reported as rolled back."""
     service(desired=1)
     real_wait = deploy.wait_stable
     calls = []
