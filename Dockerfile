@@ -127,7 +127,8 @@ ENV PATH=/opt/venv/bin:/opt/jre/bin:$PATH \
 USER 10001:10001
 WORKDIR /home/objdetect
 EXPOSE 8080
-# Healthy means a READY worker (TorchServe's /ping answers before the model has loaded).
+# Healthy means every model registered with a READY worker and no drain; the inference port's /ping
+# answers the load balancer from the same markers (docs/releases.md).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
   CMD ["python", "/opt/objdetect/scripts/server.py", "--check", "detector"]
 # server.py runs TorchServe in its own process group and stops all of it on SIGTERM.

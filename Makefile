@@ -25,7 +25,7 @@ setup: $(INSTALLED) $(CHECKOV)
 
 # The venv in the checkout, with the pinned dependencies; redone when pyproject.toml changes.
 # TorchServe's frontend then runs on Debian's libnetty-java instead of the Netty of 2020 it bundles,
-# with objdetect's request checks compiled in (docs/security.md).
+# with objdetect's request checks and readiness /ping compiled in (docs/security.md).
 $(INSTALLED): pyproject.toml handlers/objdetect_serving/frontend.py handlers/objdetect_serving/HttpRequestHandler.java
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --no-cache-dir -e '.[dev,openvino,java,client]'

@@ -44,7 +44,8 @@ resource "aws_lb_target_group" "this" {
   deregistration_delay = local.longest_request_s
 
   health_check {
-    # TorchServe's /ping: open by design (no token, no API key), answers nothing but health.
+    # /ping: open by design (no token, no API key), answers nothing but health: 200 only once the
+    # task's models are READY, 503 while they load and from its drain (HttpRequestHandler.java).
     path                = "/ping"
     matcher             = "200"
     port                = "traffic-port"

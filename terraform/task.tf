@@ -69,7 +69,7 @@ locals {
       }
     }
 
-    # Healthy means a READY model worker (TorchServe's /ping answers before the model has loaded).
+    # Healthy means every model version registered with a READY worker, and no drain (as /ping).
     healthCheck = {
       command     = ["CMD", "python", "/opt/objdetect/scripts/server.py", "--check", var.model_name]
       interval    = 15

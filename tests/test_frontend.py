@@ -79,6 +79,22 @@ def test_a_frontend_without_the_checks_is_named(bundled_frontend):
     assert "request checks" in frontend.problem(bundled_frontend)
 
 
+def test_a_frontend_without_the_readiness_ping_is_named(bundled_frontend):
+    """The request checks compiled in, but a /ping that reads no marker: what the load balancer
+    would send traffic through while the model loads."""
+    frontend.install(bundled_frontend)
+    jar_path = bundled_frontend / "model-server.jar"
+    with zipfile.ZipFile(jar_path) as jar, zipfile.ZipFile(jar_path.with_suffix(".new"), "w") as out:
+        for item in jar.infolist():
+            data = jar.read(item)
+            if item.filename == frontend.HANDLER_CLASS:  # the variable's name, renamed in place
+                assert frontend.SERVING_MARKER_ENV.encode() in data
+                data = data.replace(frontend.SERVING_MARKER_ENV.encode(), b"OBJDETECT_SERVING_MARKEX")
+            out.writestr(item, data)
+    jar_path.with_suffix(".new").replace(jar_path)
+    assert "readiness /ping" in frontend.problem(bundled_frontend)
+
+
 def test_the_server_refuses_to_start_on_a_frontend_with_the_bundled_netty(bundled_frontend, monkeypatch, model_store):
     monkeypatch.setattr(frontend, "frontend_dir", lambda: bundled_frontend)
     with pytest.raises(ServerError, match="bundled Netty 4.1.53"):

@@ -12,6 +12,9 @@
  *   decoder answered it with a StringIndexOutOfBoundsException, a 500.
  * - A form Netty cannot decode (malformed, too many fields, a field too long) is a 400 that names
  *   the problem; the original answered 500 with Netty's message, which quoted the body.
+ * - /ping on the inference API (the load balancer's health check) is a JSON 503 until the server
+ *   serves what it was started for, and again once it drains (readiness, below). The original
+ *   says Healthy while workers still load, and with no model registered at all.
  */
 package org.pytorch.serve.http;
 
@@ -24,11 +27,15 @@ import io.netty.handler.codec.http.HttpHeaderValues;
 import io.netty.handler.codec.http.HttpResponseStatus;
 import io.netty.handler.codec.http.HttpUtil;
 import io.netty.handler.codec.http.QueryStringDecoder;
+import java.io.File;
+import java.util.LinkedHashMap;
+import java.util.Map;
 import org.pytorch.serve.archive.DownloadArchiveException;
 import org.pytorch.serve.archive.model.ModelException;
 import org.pytorch.serve.archive.model.ModelNotFoundException;
 import org.pytorch.serve.archive.model.ModelVersionNotFoundException;
 import org.pytorch.serve.archive.workflow.WorkflowNotFoundException;
+import org.pytorch.serve.http.api.rest.InferenceRequestHandler;
 import org.pytorch.serve.util.NettyUtils;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
@@ -36,12 +43,29 @@ import org.slf4j.LoggerFactory;
 public class HttpRequestHandler extends SimpleChannelInboundHandler<FullHttpRequest> {
 
     private static final Logger logger = LoggerFactory.getLogger(HttpRequestHandler.class);
+    /*
+     * Readiness: the marker files of objdetect_serving/torchserve.py, whose paths its launch puts
+     * in these variables. The serving marker is written once every model the server was started
+     * for is registered, each with a READY worker, and every default is set; the drain marker
+     * once SIGTERM's drain begins. Unset (a TorchServe started some other way): TorchServe's
+     * own /ping. Set: /ping is 503 unless the one exists and the other does not, then
+     * TorchServe answers it. One stat per file per ping, on the event loop: cheap.
+     * No READY-worker check of its own: the serving marker already means one was READY, and a
+     * worker that dies later is TorchServe's to restart; its own answer, which comes once the
+     * markers allow, turns Unhealthy when a default's worker stays down past its retry time.
+     */
+    private static final String SERVING_MARKER = System.getenv("OBJDETECT_SERVING_MARKER");
+    private static final String DRAIN_MARKER = System.getenv("OBJDETECT_DRAIN_MARKER");
     private HttpRequestHandlerChain handlerChain;
+    private boolean inferenceApi; // where TorchServe answers /ping: not management, not metrics
 
     public HttpRequestHandler() {}
 
     public HttpRequestHandler(HttpRequestHandlerChain chain) {
         handlerChain = chain;
+        for (HttpRequestHandlerChain next = chain; next != null; next = next.chain) {
+            inferenceApi |= next instanceof InferenceRequestHandler;
+        }
     }
 
     @Override
@@ -56,6 +80,18 @@ public class HttpRequestHandler extends SimpleChannelInboundHandler<FullHttpRequ
             String path = decoder.path();
 
             String[] segments = path.split("/");
+            // TorchServe's own test for /ping (InferenceRequestHandler.isInferenceReq).
+            String unready =
+                    inferenceApi && segments.length >= 2 && "ping".equals(segments[1])
+                            ? unready()
+                            : null;
+            if (unready != null) {
+                Map<String, String> status = new LinkedHashMap<>();
+                status.put("status", "Unhealthy");
+                status.put("reason", unready);
+                NettyUtils.sendJsonResponse(ctx, status, HttpResponseStatus.SERVICE_UNAVAILABLE);
+                return;
+            }
             handlerChain.handleRequest(ctx, req, decoder, segments);
         } catch (ResourceNotFoundException
                 | ModelNotFoundException
@@ -98,6 +134,20 @@ public class HttpRequestHandler extends SimpleChannelInboundHandler<FullHttpRequ
             logger.error("", t);
             NettyUtils.sendError(ctx, HttpResponseStatus.INTERNAL_SERVER_ERROR, t);
         }
+    }
+
+    /** Why /ping must answer 503 (readiness, above), or null to let TorchServe answer it. */
+    private static String unready() {
+        if (SERVING_MARKER == null) {
+            return null;
+        }
+        if (DRAIN_MARKER != null && new File(DRAIN_MARKER).exists()) {
+            return "draining: shutting down after SIGTERM";
+        }
+        if (!new File(SERVING_MARKER).exists()) {
+            return "starting: not every model of the server is registered and READY yet";
+        }
+        return null;
     }
 
     /** The body checks above, before TorchServe's handlers decode anything. */

@@ -12,11 +12,13 @@ server (CVE-2024-29025), and later Netty CVEs apply as well. Nobody upstream wil
   the frontend runs on Debian's Netty alone (with no native epoll library, on Java NIO). The gRPC
   server's own shaded Netty (`io/grpc/netty/shaded`) stays: gRPC listens on loopback only;
 - with `HttpRequestHandler.java` (beside this file) compiled in place of TorchServe's own: the
-  checks it adds before any handler reads a body are listed at its top.
+  checks it adds before any handler reads a body are listed at its top, and a /ping that says
+  Healthy only while the marker files named in SERVING_MARKER_ENV and DRAIN_MARKER_ENV say the
+  server serves (torchserve.py sets them).
 `install` refuses when a field or method that TorchServe's classes refer to in Netty is not in
 Debian's Netty (it was compiled against 4.1.53: a missing one would fail only when that code path
 runs). `problem` is what the server checks before it starts (torchserve.py), so a frontend without
-either never serves.
+any of them never serves.
 
     python -m objdetect_serving.frontend install [--netty-jars /usr/share/java]
     python -m objdetect_serving.frontend check
@@ -49,6 +51,10 @@ BUNDLED_PREFIXES = ("io/netty/", "META-INF/native/libnetty_", "META-INF/io.netty
 HANDLER_SOURCE = Path(__file__).with_name("HttpRequestHandler.java")
 HANDLER_CLASS = "org/pytorch/serve/http/HttpRequestHandler.class"
 HANDLER_MARK = b"multipart/form-data needs a boundary"  # a string only the compiled patch holds
+# The marker files /ping answers from (HttpRequestHandler.java reads these variables): their names
+# are in the compiled class too, so `problem` also finds a frontend without that /ping.
+SERVING_MARKER_ENV = "OBJDETECT_SERVING_MARKER"
+DRAIN_MARKER_ENV = "OBJDETECT_DRAIN_MARKER"
 
 
 def frontend_dir() -> Path:
@@ -85,14 +91,18 @@ def install(frontend: Path, netty_jars: Path = Path("/usr/share/java")) -> dict:
 
 def problem(frontend: Path) -> str | None:
     """Why the frontend in `frontend` must not serve, or None when it runs on Debian's Netty with
-    the request checks compiled in."""
+    the request checks and the readiness /ping compiled in."""
     fix = f"run `make setup`, or `python -m objdetect_serving.frontend install` ({frontend})"
     with zipfile.ZipFile(frontend / "model-server.jar") as jar:
         if any(name.startswith(BUNDLED_PREFIXES) for name in jar.namelist()):
             return ("TorchServe's frontend still carries its bundled Netty 4.1.53 (2020; CVE-2024-29025 lets "
                     f"one form body stop the server): {fix}")
-        if HANDLER_MARK not in jar.read(HANDLER_CLASS):
+        handler = jar.read(HANDLER_CLASS)
+        if HANDLER_MARK not in handler:
             return f"TorchServe's frontend lacks objdetect's request checks (HttpRequestHandler.java): {fix}"
+        if not all(name.encode() in handler for name in (SERVING_MARKER_ENV, DRAIN_MARKER_ENV)):
+            return ("TorchServe's frontend lacks objdetect's readiness /ping, which keeps the load balancer "
+                    f"from a server whose model still loads (HttpRequestHandler.java): {fix}")
     stamp = frontend / STAMP
     jars = json.loads(stamp.read_text())["jars"] if stamp.is_file() else []
     if not jars or not all((frontend / jar).is_file() for jar in jars):

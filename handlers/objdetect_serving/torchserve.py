@@ -85,6 +85,9 @@ class TorchServe:
         self.workdir: Path | None = None
         self.process: subprocess.Popen | None = None
         self.drain_token = secrets.token_urlsafe(24)  # what makes a request a stop request (objdetect/drain.py)
+        # /ping answers from the serving and drain markers (run_until_signal sets this: it writes
+        # them); otherwise it is TorchServe's own, Healthy while workers load.
+        self.ready_ping = False
 
     def url(self, api: str = "inference") -> str:
         return f"http://127.0.0.1:{getattr(self.ports, api)}"
@@ -130,6 +133,11 @@ class TorchServe:
             **java,
             TOKEN_ENV: self.drain_token,
         }
+        for variable, path in ((frontend.SERVING_MARKER_ENV, serving_marker(self.ports.management)),
+                               (frontend.DRAIN_MARKER_ENV, marker(self.ports.management))):
+            env.pop(variable, None)  # never another server's, inherited
+            if self.ready_ping:  # read by the frontend's /ping (HttpRequestHandler.java)
+                env[variable] = str(path)
         command = [str(TORCHSERVE), "--start", "--foreground", "--ncs", "--ts-config", str(config),
                    "--log-config", str(LOG_CONFIG), "--model-store", str(self.model_store)]
         if self.models:  # none: models are registered once it listens (a release)
@@ -240,6 +248,7 @@ def run_until_signal(server: TorchServe, name: str, on_ready: Callable[[], None]
 
     for leftover in (marker(server.ports.management), serving_marker(server.ports.management)):
         leftover.unlink(missing_ok=True)  # a previous server's, killed
+    server.ready_ping = True  # the load balancer's /ping then says Healthy only between the markers
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
