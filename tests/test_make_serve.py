@@ -1,4 +1,6 @@
-"""`make serve` end to end: it serves, its printed curl example works, and a signal leaves nothing behind."""
+"""`make serve` end to end: it serves, its printed curl example works, and a signal leaves nothing behind.
+And what it installs first, read from `make -n` (a dry run: make only prints the commands): the
+serving venv without the dev extra, which `make setup`, `make test` and the other tools add."""
 
 import contextlib
 import os
@@ -15,7 +17,7 @@ import pytest
 from objdetect_serving.paths import ROOT
 from objdetect_serving.torchserve import Ports
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.integration  # make runs as a subprocess
 
 
 def processes_in(workdir: str) -> list[psutil.Process]:
@@ -39,6 +41,7 @@ def descendants(pid: int) -> set[psutil.Process]:
         return set()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
 def test_make_serve_serves_then_stops_cleanly(stop):
     ports = Ports.free()
@@ -90,3 +93,73 @@ def test_make_serve_serves_then_stops_cleanly(stop):
         for leftover in [*started, *(processes_in(workdir) if workdir else [])]:
             with contextlib.suppress(psutil.Error):
                 leftover.kill()
+
+
+SERVING_TARGETS = ("serve", "mar", "image")
+DEV_TARGETS = ("setup", "test", "test-unit", "fuzz", "loadtest", "soak", "bench", "cold-start", "image-test",
+               "validate-terraform", "train-embedded", "gpu-check")
+INSTALL = re.compile(r"pip install .*-e '\.\[(?P<extras>[^\]]*)\]'")
+
+
+def dry_run(target: str, venv: Path) -> list[str]:
+    """The commands `make <target>` would run with its venvs in `venv`'s folder (the checkout's own
+    .venv untouched): make -n prints them and runs none (no recipe line here is a sub-make)."""
+    done = subprocess.run(["make", "--no-print-directory", "-n", target, f"VENV={venv}",
+                           f"CHECKOV_VENV={venv.parent / 'checkov'}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def installs(commands: list[str]) -> list[set[str]]:
+    """The extras of each `pip install -e .[...]` of the project, in order."""
+    return [set(match["extras"].split(",")) for line in commands if (match := INSTALL.search(line))]
+
+
+def frontend_installed_after_the_last_pip_install(commands: list[str]) -> bool:
+    last_pip = max(i for i, line in enumerate(commands) if INSTALL.search(line))
+    return any("objdetect_serving.frontend install" in line for line in commands[last_pip + 1:])
+
+
+@pytest.fixture()
+def venv(tmp_path) -> Path:
+    return tmp_path / "venv"
+
+
+def test_from_a_clean_checkout_serving_installs_no_dev_extra(venv):
+    for target in SERVING_TARGETS:
+        commands = dry_run(target, venv)
+        assert installs(commands) == [{"openvino", "java", "client"}], (target, commands)
+        assert frontend_installed_after_the_last_pip_install(commands), (target, commands)
+    assert any("scripts/serve.py" in line for line in dry_run("serve", venv))
+
+
+def test_from_a_clean_checkout_setup_test_and_the_tools_install_the_dev_extra(venv):
+    for target in DEV_TARGETS:
+        commands = dry_run(target, venv)
+        assert [extras for extras in installs(commands) if "dev" in extras] == \
+            [{"dev", "openvino", "java", "client"}], (target, commands)
+        assert frontend_installed_after_the_last_pip_install(commands), (target, commands)
+    test = dry_run("test", venv)
+    assert test[-1].endswith("-m pytest") and any("checkov" in line for line in test)
+
+
+def test_installs_are_redone_when_pyproject_changes_and_only_then(venv):
+    venv.mkdir()
+    serving, dev = venv / ".installed", venv / ".installed-dev"
+    checkov = venv.parent / "checkov" / "bin" / "checkov"
+    checkov.parent.mkdir(parents=True)
+    for marker in (serving, dev, checkov):
+        marker.touch()
+    assert installs(dry_run("serve", venv)) == [] and installs(dry_run("test", venv)) == []
+
+    dev.unlink()  # a venv set up for serving only: serving stays as it is, the tests add the dev extra
+    assert installs(dry_run("serve", venv)) == []
+    assert installs(dry_run("test", venv)) == [{"dev", "openvino", "java", "client"}]
+
+    dev.touch()
+    edited = (ROOT / "pyproject.toml").stat().st_mtime
+    for marker in (serving, dev):  # installed before pyproject.toml's last change
+        os.utime(marker, (edited - 60, edited - 60))
+    assert installs(dry_run("serve", venv)) == [{"openvino", "java", "client"}]
+    assert installs(dry_run("test", venv)) == [{"openvino", "java", "client"}, {"dev", "openvino", "java", "client"}]

@@ -8,16 +8,23 @@ from torchvision.utils import draw_bounding_boxes
 from .decode import DecodedImage
 from .detections import Detections
 
-# Distinct, readable colours, one per class id (cycled).
+# Distinct colours that white captions read on. A class has one colour wherever it is drawn: this
+# table and `colour` are written out again in objdetect_client.render (a client's --render), since
+# neither package may import the other, and tests/test_render.py holds the two equal.
 PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324",
            "#469990", "#800000", "#808000", "#000075")
+
+
+def colour(class_id: int) -> str:
+    """The colour of a class: the palette, cycled by class id."""
+    return PALETTE[class_id % len(PALETTE)]
 
 
 def render_jpeg(image: DecodedImage, detections: Detections, quality: int = 90) -> bytes:
     """Boxes and "label score" captions on the decoded pixels (boxes mapped from original pixels)."""
     sx, sy = image.scale
     on_pixels = detections.scaled(1 / sx, 1 / sy)
-    colours = [PALETTE[i % len(PALETTE)] for i in on_pixels.class_ids.tolist()]
+    colours = [colour(i) for i in on_pixels.class_ids.tolist()]
     drawn = draw_bounding_boxes(
         image.pixels.cpu(), on_pixels.boxes,
         labels=[f"{label} {score:.2f}" for label, score in zip(on_pixels.labels, on_pixels.scores.tolist())],

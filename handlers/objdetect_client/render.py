@@ -10,6 +10,18 @@ from PIL import Image, ImageColor, ImageDraw, ImageOps
 
 from .result import Result
 
+# Distinct colours that white captions read on. A class has one colour wherever it is drawn: this
+# table and `colour` are those of the server's renderer (objdetect.render, a request's
+# "render": true), written out here because the client imports nothing of the server's packages;
+# tests/test_render.py holds the two equal.
+PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324",
+           "#469990", "#800000", "#808000", "#000075")
+
+
+def colour(class_id: int) -> str:
+    """The colour of a class: the palette, cycled by class id."""
+    return PALETTE[class_id % len(PALETTE)]
+
 
 def render(image: bytes, result: Result, quality: int = 90) -> bytes:
     """The image upright (boxes are in the EXIF-rotated pixels the server answers in), boxes drawn."""
@@ -18,13 +30,13 @@ def render(image: bytes, result: Result, quality: int = 90) -> bytes:
     draw = ImageDraw.Draw(picture)
     width = max(2, round(max(picture.size) / 400))
     for detection in result.detections:
-        colour = ImageColor.getrgb(f"hsl({detection.class_id * 67 % 360}, 85%, 45%)")  # one per class
+        fill = ImageColor.getrgb(colour(detection.class_id))
         x1, y1, x2, y2 = detection.box
-        draw.rectangle((x1, y1, x2, y2), outline=colour, width=width)
+        draw.rectangle((x1, y1, x2, y2), outline=fill, width=width)
         caption = f"{detection.label} {detection.score:.2f}"
         left, top, right, bottom = draw.textbbox((x1, y1), caption)
         lift = min(bottom - top + 2, y1)  # above the box, unless it touches the top
-        draw.rectangle((left, top - lift, right + 2, bottom - lift), fill=colour)
+        draw.rectangle((left, top - lift, right + 2, bottom - lift), fill=fill)
         draw.text((x1 + 1, y1 - lift), caption, fill="white")
     buffer = io.BytesIO()
     picture.save(buffer, "JPEG", quality=quality)

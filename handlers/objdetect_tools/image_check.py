@@ -12,6 +12,7 @@ from `run` to the first successful prediction. Uses the engine `make image` buil
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import shutil
@@ -44,7 +45,13 @@ def run(*command: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(command, check=check, capture_output=True, text=True, env=containers.engine_environment())
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    # Parsed before anything else: the check builds an image of many GB, so `--help` (or a mistyped
+    # option) must stop here instead of starting that build.
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="The image's tag comes from IMAGE (default objdetect:cuda; the flavor is the part after the colon).")
+    parser.parse_args(argv)
     tag = os.environ.get("IMAGE", "objdetect:cuda")
     storage = Path("/var/lib/containers")
     free_gb = shutil.disk_usage(storage if storage.exists() else "/").free / 1e9

@@ -28,19 +28,15 @@ from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-import matplotlib
+import psutil
+import requests
+from prometheus_client.parser import text_string_to_metric_families
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import psutil  # noqa: E402
-import requests  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from objdetect.telemetry import STAGES
 
-from objdetect.telemetry import STAGES  # noqa: E402
-
-from objdetect_serving.archive import archive_path, build_mar  # noqa: E402
-from objdetect_serving.paths import MODEL_STORE, ROOT  # noqa: E402
-from objdetect_serving.torchserve import Ports, TorchServe  # noqa: E402
+from objdetect_serving.archive import archive_path, build_mar
+from objdetect_serving.paths import MODEL_STORE, ROOT
+from objdetect_serving.torchserve import Ports, TorchServe
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")  # not imported here: locust monkey-patches what imports it
 # Memory is judged growing when, after the warm-up, the last quarter of the samples sits this much
@@ -93,6 +89,11 @@ def summarize(out: Path) -> dict:
 def plot(out: Path, memory: list[tuple[float, float]], warmup_s: float = 0.0,
          server: list[tuple[float, dict[str, float]]] = ()) -> list[str]:
     """The report's plots; `server`: ServerSampler.intervals(), the server's view of the same run."""
+    # Imported here, when there is a report to draw: matplotlib's first import builds its font cache
+    # in HOME, which `--help` must not.
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
     with open(out / "locust_stats_history.csv") as file:
         history = [r for r in csv.DictReader(file) if r["Name"] == "Aggregated"]
     start = int(history[0]["Timestamp"]) if history else 0
