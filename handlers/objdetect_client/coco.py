@@ -18,8 +18,11 @@ class GroundTruth:
     def __init__(self, path: str):
         self.path = path
         self.data = json.loads(open(path).read())
-        self._images = {PurePosixPath(image["file_name"]).parts: image["id"] for image in self.data["images"]}
-        self.categories = {category["name"]: category["id"] for category in self.data["categories"]}
+        try:
+            self._images = {PurePosixPath(image["file_name"]).parts: image["id"] for image in self.data["images"]}
+            self.categories = {category["name"]: category["id"] for category in self.data["categories"]}
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"{path}: not a COCO instances file (no {error})") from None
 
     def file_names(self) -> list[str]:
         return [image["file_name"] for image in self.data["images"]]
@@ -49,12 +52,10 @@ class GroundTruth:
     def evaluate(self, results: Iterable[Result]) -> dict[str, float]:
         """pycocotools' bbox evaluation over every image of the ground truth (an image without a
         result counts as one where nothing was found); its table goes to stderr."""
-        try:
-            from pycocotools.coco import COCO
-            from pycocotools.cocoeval import COCOeval
-        except ImportError:
-            raise RuntimeError("evaluate needs pycocotools: pip install 'objdetect[client]' "
-                               "(or '.[client]' in a checkout)") from None
+        require_pycocotools()
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
         detections = self.detections(results)
         with contextlib.redirect_stdout(sys.stderr):  # pycocotools prints its progress and table
             truth = COCO(self.path)
@@ -66,3 +67,13 @@ class GroundTruth:
             evaluation.summarize()
         stats = evaluation.stats
         return {"mAP": float(stats[0]), "mAP_50": float(stats[1]), "mAP_75": float(stats[2])}
+
+
+def require_pycocotools() -> None:
+    """Raises RuntimeError when pycocotools is missing: evaluate checks before it sends any image,
+    not after sending them all."""
+    try:
+        import pycocotools.cocoeval  # noqa: F401
+    except ImportError:
+        raise RuntimeError("evaluate needs pycocotools: install the client with its coco extra "
+                           "(pip install './handlers/objdetect_client[coco]' in a checkout)") from None

@@ -27,25 +27,29 @@ def load(path: Path) -> dict[str, Result]:
 
 
 class ResultsFile:
-    """Opened afresh, or with `resume` after what an earlier run recorded (`done`: the sources
-    not to send again, i.e. all but transient failures, which are sent again and recorded anew)."""
+    """Read at once, or with `resume` after what an earlier run recorded (`done`: the sources not
+    to send again, i.e. all but transient failures, which are sent again and recorded anew).
+    Written once entered (`with`): afresh, or appended to after a resume's records, so a run that
+    stops before sending anything (an unreachable service) leaves an earlier file as it was."""
 
     def __init__(self, path: Path, resume: bool = False):
         self.path = path
-        recorded = load(path) if resume and path.exists() else {}
-        self.done = {source for source, result in recorded.items() if not result.transient}
-        if recorded:
-            _drop_torn_tail(path)
-        self._file = open(path, "a" if recorded else "w")
+        self._recorded = load(path) if resume and path.exists() else {}
+        self.done = {source for source, result in self._recorded.items() if not result.transient}
+        self._file = None
 
     def write(self, result: Result) -> None:
         self._file.write(json.dumps(result.to_json()) + "\n")
         self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        if self._file:
+            self._file.close()
 
     def __enter__(self) -> "ResultsFile":
+        if self._recorded:
+            _drop_torn_tail(self.path)
+        self._file = open(self.path, "a" if self._recorded else "w")
         return self
 
     def __exit__(self, *exc) -> None:

@@ -9,6 +9,7 @@ from typing import Iterable
 
 import requests
 
+from .errors import describe
 # The formats the server decodes (README "The API"); a folder's other files are not images.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 URL_SCHEMES = ("http://", "https://")
@@ -52,13 +53,14 @@ def read_list(path: str) -> list[str]:
 
 
 def read(name: str, timeout_s: float = 30) -> bytes:
-    """The image's bytes. Raises OSError (files, downloads) or botocore's errors (S3)."""
+    """The image's bytes. Raises OSError when it cannot be read (a file, a download, an S3 object)."""
     if is_url(name):
         try:
             response = requests.get(name, timeout=timeout_s)
-            response.raise_for_status()
         except requests.RequestException as error:
-            raise OSError(f"download failed: {error}") from error
+            raise OSError(f"download failed: {describe(error)}") from error
+        if not response.ok:
+            raise OSError(f"download failed: HTTP {response.status_code} {response.reason}")
         return response.content
     if name.startswith("s3://"):
         bucket, key = _split_s3(name)
@@ -73,10 +75,18 @@ def read(name: str, timeout_s: float = 30) -> bytes:
 
 
 def _s3_images(url: str) -> list[str]:
+    """Every image key under the prefix. A listing refused or failed is the user's to fix (credentials,
+    bucket name), so it is a SourceError: nothing has been sent yet."""
     bucket, prefix = _split_s3(url)
-    pages = _s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return [f"s3://{bucket}/{item['Key']}" for page in pages for item in page.get("Contents", [])
-            if is_image_name(item["Key"])]
+    client = _s3()
+    from botocore.exceptions import BotoCoreError, ClientError  # there when boto3 is
+
+    try:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return [f"s3://{bucket}/{item['Key']}" for page in pages for item in page.get("Contents", [])
+                if is_image_name(item["Key"])]
+    except (BotoCoreError, ClientError) as error:
+        raise SourceError(f"{url}: {error}") from None
 
 
 def _split_s3(url: str) -> tuple[str, str]:
@@ -92,6 +102,6 @@ def _s3():
     try:
         import boto3
     except ImportError:
-        raise SourceError("s3:// sources need boto3: pip install 'objdetect[client]' "
-                          "(or '.[client]' in a checkout)") from None
+        raise SourceError("s3:// sources need boto3: install the client with its s3 extra "
+                          "(pip install './handlers/objdetect_client[s3]' in a checkout)") from None
     return boto3.client("s3")
