@@ -53,6 +53,7 @@ class Outcome:
     output: Mapping[str, torch.Tensor] | None = None  # predict
     batch_size: int = 0  # predict: the images in its forward pass
     error: RequestError | None = None
+    started: float = field(default_factory=time.perf_counter)  # when its reading began: its total time
 
     def timed(self, step: str, ms: float, **made: Any) -> "Outcome":
         """This outcome with what `step` made, and the milliseconds it took."""
@@ -121,12 +122,19 @@ class Detector:
         return _ms_since(clock)
 
     def __call__(self, requests: list[Request]) -> list[Response]:
-        started = time.perf_counter()
-        # input -> decode, each request alone; a lone one here, not handed to a reader and waited for.
-        outcomes = [self._read(requests[0])] if len(requests) == 1 else list(self._readers.map(self._read, requests))
-        outcomes = [self._transform(outcome) for outcome in outcomes]  # transform
-        outcomes = self._predict(outcomes)  # predict: one forward pass for all
-        return [self._respond(outcome, started) for outcome in outcomes]  # postprocess -> response
+        return self.answer(self.read(requests))
+
+    def read(self, requests: list[Request]) -> list[Outcome]:
+        """input -> decode, each request alone; a lone one here, not handed to a reader and waited
+        for. Separate from `answer` so that a batch job can read the next batch during this one's
+        forward pass."""
+        return [self._read(requests[0])] if len(requests) == 1 else list(self._readers.map(self._read, requests))
+
+    def answer(self, outcomes: list[Outcome]) -> list[Response]:
+        """transform -> predict (one forward pass for all) -> postprocess, in the calling thread."""
+        outcomes = [self._transform(outcome) for outcome in outcomes]
+        outcomes = self._predict(outcomes)
+        return [self._respond(outcome) for outcome in outcomes]
 
     def _read(self, request: Request) -> Outcome:
         outcome, clock = Outcome(request.id, request.client_id), time.perf_counter()
@@ -200,26 +208,26 @@ class Detector:
             log.exception("prediction failed for one image")
             return replace(outcome, error=RequestError("prediction_failed", "the model failed on this image", status=500))
 
-    def _respond(self, outcome: Outcome, started: float) -> Response:
+    def _respond(self, outcome: Outcome) -> Response:
         if not outcome.error:
             try:
-                return self._answer(outcome, started)
+                return self._answer(outcome)
             except Exception as error:  # noqa: BLE001
                 outcome = replace(outcome, error=_unforeseen(error, "answering"))
         image = outcome.image
         size = {"width": image.width, "height": image.height} if image else {}
         return Response.error(outcome.error, outcome.request_id, outcome.client_request_id,
                               batch_size=outcome.batch_size, **size,
-                              timings_ms={**outcome.timings_ms, "total": _ms_since(started)})
+                              timings_ms={**outcome.timings_ms, "total": _ms_since(outcome.started)})
 
-    def _answer(self, outcome: Outcome, started: float) -> Response:
+    def _answer(self, outcome: Outcome) -> Response:
         image = outcome.image
         size = {"width": image.width, "height": image.height}
         clock = time.perf_counter()
         options = outcome.request.options
         detections = postprocess(outcome.output, self.class_names, image, options)
         body = render_jpeg(image, detections) if options.render else None
-        timings = {**outcome.timings_ms, "postprocess": _ms_since(clock), "total": _ms_since(started)}
+        timings = {**outcome.timings_ms, "postprocess": _ms_since(clock), "total": _ms_since(outcome.started)}
         record = RequestRecord(outcome.request_id, 200, None, timings, **size, detections=len(detections),
                                batch_size=outcome.batch_size, client_request_id=outcome.client_request_id)
         if body is not None:
