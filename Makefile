@@ -23,7 +23,7 @@ GRPC_INFERENCE_PORT ?= 7070
 GRPC_MANAGEMENT_PORT ?= 7071
 WORKERS_PORT ?= 9000
 
-.PHONY: setup serve mar test test-unit train-embedded clean image image-test cold-start loadtest soak bench gpu-check fuzz validate-terraform
+.PHONY: setup serve mar batch test test-unit train-embedded clean image image-test cold-start loadtest soak bench gpu-check fuzz validate-terraform
 
 # Everything `make test` needs (what CI runs first): the serving venv, the dev extra, checkov.
 setup: $(DEV) $(CHECKOV)
@@ -64,6 +64,16 @@ serve: $(SERVING)
 mar: $(SERVING)
 	$(PY) scripts/build_mar.py --model $(or $(MODEL),shapes) --name $(NAME) --version $(VERSION) \
 	  $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(LABELS),--labels $(LABELS))
+
+# A batch job over INPUT (a folder, an s3://bucket/prefix or a .txt manifest) into OUTPUT, with
+# PROCESSES local children standing in for an AWS Batch array's, each running one shard with the
+# archive `make mar` builds (docs/batch.md). s3:// takes boto3's usual credentials.
+INPUT ?=
+OUTPUT ?=
+PROCESSES ?= 2
+batch: mar
+	$(PY) scripts/batch.py local '$(INPUT)' '$(OUTPUT)' --processes $(PROCESSES) \
+	  --archive model_store/$(NAME)-v$(VERSION).mar
 
 test: $(DEV) $(CHECKOV)
 	$(PY) -m pytest

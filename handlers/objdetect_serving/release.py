@@ -195,7 +195,7 @@ def fetch(release_uri: str, expected_sha256: str, scratch: Path, s3=None) -> tup
     if not SHA256.match(expected_sha256 or ""):
         raise ReleaseError(f"{RELEASE_SHA256_ENV} must be the manifest's SHA-256 (64 hex digits), "
                            f"not {expected_sha256!r}: a task serves only a release it can verify")
-    s3 = s3 or _s3_client()
+    s3 = s3 or s3_client()
     store = Store.of_release(release_uri)
     bucket, key = parse_s3_uri(release_uri)
     data = _get(s3, bucket, key, f"release manifest {release_uri}")
@@ -250,7 +250,7 @@ def register(release: Release, archives: dict[tuple[str, str], Path], management
             raise ReleaseError(f"release {release.release_id}: cannot make {name} {model.default} the default: {error}") from None
 
 
-def _s3_client():
+def s3_client():
     import boto3  # only where a release is served: a task without one never imports it
 
     return boto3.client("s3")
