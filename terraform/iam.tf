@@ -44,7 +44,7 @@ data "aws_iam_policy_document" "task_assume" {
 
 resource "aws_iam_role" "execution" {
   name               = "${var.name}-execution"
-  description        = "ECS agent for ${var.name}: pull the image, write logs, read the API keys secret"
+  description        = "ECS agent for ${var.name} (and its batch jobs): pull the image, write logs, read the API keys secret"
   assume_role_policy = data.aws_iam_policy_document.execution_assume.json
 }
 
@@ -63,7 +63,7 @@ data "aws_iam_policy_document" "execution" {
   statement {
     sid       = "WriteServiceLogs"
     actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
-    resources = ["${aws_cloudwatch_log_group.service.arn}:*"]
+    resources = concat(["${aws_cloudwatch_log_group.service.arn}:*"], [for group in aws_cloudwatch_log_group.batch : "${group.arn}:*"])
   }
   statement {
     sid       = "ReadApiKeysSecret"

@@ -5,7 +5,7 @@
 locals {
   # Built from names, not from the log group resources: those depend on this key.
   log_group_arns = [
-    for name in [local.log_group_service, local.log_group_exec, local.log_group_waf] :
+    for name in [local.log_group_service, local.log_group_exec, local.log_group_waf, local.log_group_batch] :
     "arn:${local.partition}:logs:${var.region}:${local.account_id}:log-group:${name}"
   ]
 }

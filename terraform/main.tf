@@ -1,6 +1,6 @@
 # Shared lookups and names. Each concern has its own file: ecr.tf, ecs_cluster.tf, capacity.tf,
 # task.tf, service.tf, alb.tf, waf.tf, security_groups.tf, autoscaling.tf, iam.tf, network.tf,
-# logs.tf, secrets.tf, kms.tf, monitoring.tf.
+# logs.tf, secrets.tf, kms.tf, monitoring.tf, models.tf, batch.tf.
 
 data "aws_caller_identity" "current" {}
 
@@ -17,7 +17,7 @@ locals {
 
   https = var.certificate_arn != ""
 
-  # Stopping a task (deploy, scale-in, instance drain; README "Reliability"), in order: ECS
+  # Stopping a task (deploy, scale-in, instance drain; docs/operations.md "Reliability"), in order: ECS
   # deregisters it from the target group, and the load balancer sends it nothing new while letting
   # requests in flight finish, for at most the deregistration delay; then ECS sends SIGTERM. The
   # entrypoint drains (answers what it holds, 503s what still comes) for at most drain_timeout_s,

@@ -2,7 +2,7 @@
 # dashboard. The model's own metrics (requests by outcome, stage latencies, GPU) come from each
 # request's JSON log line, which is in CloudWatch's embedded metric format (the task sets
 # OBJDETECT_CLOUDWATCH_NAMESPACE): CloudWatch Logs extracts them, percentiles included, with no
-# metrics port opened and no agent beside the model (README "Observability" says why).
+# metrics port opened and no agent beside the model (docs/operations.md "Observability" says why).
 
 locals {
   metrics_namespace = var.name

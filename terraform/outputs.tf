@@ -62,3 +62,13 @@ output "production_listener_rule_arn" {
   description = "The listener rule whose weights ECS shifts during a canary or linear release (aws elbv2 describe-rules --rule-arns ... shows them)."
   value       = aws_lb_listener_rule.production.arn
 }
+
+output "batch_job_queue" {
+  description = "The AWS Batch job queue for scripts/batch.py submit (null without var.batch)."
+  value       = try(aws_batch_job_queue.detect["this"].name, null)
+}
+
+output "batch_job_definition" {
+  description = "The AWS Batch job definition for scripts/batch.py submit (null without var.batch)."
+  value       = try(aws_batch_job_definition.detect["this"].name, null)
+}

@@ -577,3 +577,41 @@ variable "alarm_predict_p99_ms" {
     error_message = "alarm_predict_p99_ms must be positive."
   }
 }
+
+# Batch jobs (batch.tf, docs/batch.md): off unless set.
+variable "batch" {
+  description = "AWS Batch jobs over S3 (batch.tf): inputs are the s3://bucket/prefix/ locations the jobs may read, output the one they write (each job in its own folder below it); kms_key_arns the keys of those buckets when they are not this deployment's. Spot instances with retries when spot is true. null: no batch resources."
+  type = object({
+    inputs                = list(string)
+    output                = string
+    kms_key_arns          = optional(list(string), [])
+    spot                  = optional(bool, false)
+    instance_types        = optional(list(string), ["g4dn.xlarge"])
+    max_vcpus             = optional(number, 16)
+    vcpus                 = optional(number, 4)
+    memory_mib            = optional(number, 14336)
+    attempts              = optional(number, 3)
+    child_timeout_seconds = optional(number, 86400)
+  })
+  default = null
+
+  validation {
+    condition = var.batch == null ? true : (
+      length(var.batch.inputs) > 0
+      && alltrue([for uri in concat(var.batch.inputs, [var.batch.output]) : can(regex("^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$", uri))])
+    )
+    error_message = "batch.inputs (at least one) and batch.output must be s3://BUCKET or s3://BUCKET/PREFIX."
+  }
+  validation {
+    condition     = var.batch == null ? true : var.batch.attempts >= 1 && var.batch.attempts <= 10
+    error_message = "batch.attempts must be 1 to 10 (AWS Batch's range)."
+  }
+  validation {
+    condition     = var.batch == null ? true : var.batch.child_timeout_seconds >= 60
+    error_message = "batch.child_timeout_seconds must be at least 60 (AWS Batch's minimum)."
+  }
+  validation {
+    condition     = var.batch == null ? true : var.batch.vcpus >= 1 && var.batch.vcpus <= var.batch.max_vcpus
+    error_message = "batch.vcpus (one child's) must be at least 1 and at most batch.max_vcpus (the compute environment's)."
+  }
+}

@@ -3,7 +3,7 @@
 # rate limit. Decisions are logged with the API key headers redacted.
 
 locals {
-  # What the API takes (README "The API"): images, bytes, JSON, multipart forms, and the label curl
+  # What the API takes (docs/api.md): images, bytes, JSON, multipart forms, and the label curl
   # --data-binary puts on an image (the frontend passes that on as a plain body). Anything else
   # (XML, serialized Java objects, text) never reaches the frontend's decoders. Matched lowercased.
   accepted_content_types = "^(image/[a-z0-9.+-]+|application/(octet-stream|json|[a-z0-9.+-]+\\+json|x-www-form-urlencoded)|multipart/form-data)[ \\t]*(;.*)?$"

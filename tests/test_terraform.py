@@ -1107,3 +1107,48 @@ def test_the_readme_says_what_a_release_looks_like_how_to_watch_and_stop_it():
                    "scripts/models.py status", "circuit breaker", "stop-service-deployment", "--stop-type ROLLBACK",
                    *config()["locals"]["release_judges"]):
         assert needed in section, f"README Releases does not mention {needed!r}"
+
+
+# --- batch jobs ------------------------------------------------------------------------------
+
+@pytest.mark.unit
+def test_batch_runs_the_service_image_and_release_on_gpus_that_scale_to_zero():
+    assert config()["variable"]["batch"]["default"] is None  # off unless asked for
+    environment = resources("aws_batch_compute_environment")["gpu"]
+    compute = one(environment["compute_resources"])
+    assert compute["min_vcpus"] == 0  # nothing runs, nothing is billed, between jobs
+    assert compute["type"] == '${each.value.spot ? "SPOT" : "EC2"}'
+    assert "SPOT_PRICE_CAPACITY_OPTIMIZED" in compute["allocation_strategy"]
+    assert one(compute["ec2_configuration"])["image_type"] == "ECS_AL2023_NVIDIA"
+    queue = resources("aws_batch_job_queue")["detect"]
+    assert one(queue["compute_environment_order"])["compute_environment"] == "${aws_batch_compute_environment.gpu[each.key].arn}"
+
+    definition = resources("aws_batch_job_definition")["detect"]
+    text = (TERRAFORM_DIR / "batch.tf").read_text()
+    image = container()["image"]
+    assert f'image            = "{image}"' in text  # the service's image, the same tag
+    assert 'command          = ["batch"]' in text and '{ type = "GPU", value = "1" }' in text
+    assert "privileged       = false" in text and "readonlyRootFilesystem = true" in text
+    assert config()["locals"]["batch_environment"] == \
+        '${merge({OBJDETECT_REQUIRE_CUDA = "true", TMPDIR = "/tmp"}, local.release_environment)}'
+    retry = one(definition["retry_strategy"])
+    assert retry["attempts"] == "${each.value.attempts}"
+    # A reclaimed Spot instance is retried; anything else ends the child (images fail as lines).
+    assert [(e.get("on_status_reason") or e.get("on_reason"), e["action"]) for e in retry["evaluate_on_exit"]] == \
+        [("Host EC2*", "RETRY"), ("*", "EXIT")]
+
+
+@pytest.mark.unit
+def test_a_batch_child_reads_its_inputs_and_the_release_and_writes_only_the_output():
+    documents = config()["data"]["aws_iam_policy_document"]["batch_job"]["statement"]
+    by_sid = {statement["sid"]: statement for statement in documents}
+    assert by_sid["ReadInputs"]["actions"] == ["s3:GetObject"]
+    assert by_sid["ReadTheModelRelease"]["actions"] == ["s3:GetObject"]
+    assert sorted(by_sid["ReadTheModelRelease"]["resources"]) == [
+        "${aws_s3_bucket.models.arn}/archives/*", "${aws_s3_bucket.models.arn}/releases/*"]
+    writes = [(sid, action) for sid, statement in by_sid.items() for action in statement["actions"]
+              if action.startswith("s3:") and action not in ("s3:GetObject", "s3:ListBucket")]
+    assert {sid for sid, _ in writes} == {"ReadAndWriteTheOutput"}
+    assert by_sid["ReadAndWriteTheOutput"]["resources"] == ["arn:${local.partition}:s3:::${local.batch_output_path}/*"]
+    assert one(by_sid["S3Encryption"]["condition"])["values"] == ["s3.${var.region}.amazonaws.com"]
+    assert resources("aws_iam_role")["batch_job"]["assume_role_policy"] == "${data.aws_iam_policy_document.task_assume.json}"
