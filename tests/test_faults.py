@@ -1,7 +1,7 @@
 """What production does to a server, against a real TorchServe: a burst far past the queue, clients
 that never finish their headers, an oversize body, a worker killed under load, SIGTERM with requests
 in flight, a GPU task without its GPU. Each test asserts what the clients saw, and that the server
-serves afterwards. README "Reliability" lists the same faults and answers.
+serves afterwards. docs/operations.md "Reliability" lists the same faults and answers.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def test_clients_that_never_finish_their_headers_do_not_hold_up_others(server, i
 
 def test_an_oversize_body_is_refused_with_413_by_the_frontend(server, image):
     """Bodies over max_request_size (20 MiB) never reach the handler: Netty answers 413 with an
-    empty body (README "Errors": the one refusal that is not JSON)."""
+    empty body (docs/api.md "Errors": the one refusal that is not JSON)."""
     response = post(server.url(), b"\xff" * (30 * 1024 * 1024))
     assert response.status_code == 413 and response.content == b""
     assert post(server.url(), image).status_code == 200

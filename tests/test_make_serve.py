@@ -3,6 +3,7 @@ And what it installs first, read from `make -n` (a dry run: make only prints the
 serving venv without the dev extra, which `make setup`, `make test` and the other tools add."""
 
 import contextlib
+import json
 import os
 import re
 import shlex
@@ -41,9 +42,28 @@ def descendants(pid: int) -> set[psutil.Process]:
         return set()
 
 
+def check_the_readme_quickstart(port: int, tmp_path: Path) -> None:
+    """The README's quickstart client command, as written there, against this server: a JSON line
+    and an annotated JPEG for every sample photo."""
+    readme = (ROOT / "README.md").read_text()
+    line = next(line for line in readme.splitlines() if line.startswith(".venv/bin/objdetect-client detect"))
+    command = shlex.split(line, comments=True)
+    command[command.index("--render") + 1] = str(tmp_path / "out")
+    samples = sorted((ROOT / command[2]).glob("*.jpg"))
+    assert len(samples) >= 2
+    run = subprocess.run(command + ["--endpoint", f"127.0.0.1:{port}"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = [json.loads(line) for line in run.stdout.splitlines()]
+    assert sorted(line["source"] for line in lines) == [str(p.relative_to(ROOT)) for p in samples]
+    assert all(line["model"] == "detector" and isinstance(line["detections"], list) for line in lines)
+    rendered = sorted((tmp_path / "out").iterdir())
+    assert len(rendered) == len(samples) and all(p.read_bytes()[:2] == b"\xff\xd8" for p in rendered)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
-def test_make_serve_serves_then_stops_cleanly(stop):
+def test_make_serve_serves_then_stops_cleanly(stop, tmp_path):
     ports = Ports.free()
     make = subprocess.Popen(
         ["make", "--no-print-directory", "serve", f"INFERENCE_PORT={ports.inference}",
@@ -73,6 +93,8 @@ def test_make_serve_serves_then_stops_cleanly(stop):
 
         answer = subprocess.run(shlex.split(curl), capture_output=True, text=True, timeout=60)
         assert answer.returncode == 0 and '"detections": [{"label": ' in answer.stdout
+        if stop == "ctrl-c":
+            check_the_readme_quickstart(ports.inference, tmp_path)
 
         if stop == "ctrl-c":
             os.killpg(make.pid, signal.SIGINT)  # what a terminal does on Ctrl-C

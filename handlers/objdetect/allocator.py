@@ -5,7 +5,7 @@ tables, OpenVINO's outputs). glibc's malloc maps blocks over its mmap threshold 
 the free top of its heap back to the kernel over its trim threshold; both start at 128 KiB and
 adapt to the largest block freed so far, so where they stand depends on a process's history. In
 TorchServe's workers they stayed low: every request mapped its memory back in, page by page
-(thousands of minor page faults a request: tests/test_allocator.py; README "Serving cost").
+(thousands of minor page faults a request: tests/test_allocator.py; docs/performance.md "Serving cost").
 `keep_freed_memory` starts them where glibc's own rule would end: the mmap threshold at the most it
 adapts to on a 64-bit machine (32 MiB), the trim threshold at twice that, as the rule sets it. A
 worker then keeps up to 64 MiB of freed memory, and its requests fault none.

@@ -61,7 +61,7 @@ class Settings:
     # On a CPU (objdetect/openvino_runtime.py): "openvino" runs the backbone, RPN head and box head in
     # OpenVINO, "torch" all of it eagerly; cpu_precision "bf16" where the CPU has it natively
     # (avx512_bf16, AMX: else fp32, logged), "fp32" for results equal to eager torch's. Defaults:
-    # the fastest measured (README "Performance"); without OpenVINO installed, torch.
+    # the fastest measured (docs/performance.md); without OpenVINO installed, torch.
     runtime: str = "openvino"
     cpu_precision: str = "bf16"
     # With OpenVINO: RoIAlign runs as one weighted gather over every level (objdetect/roi_align.py),

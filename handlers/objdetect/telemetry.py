@@ -6,7 +6,7 @@ It leaves the worker twice, rendered here and sent by the TorchServe adapter:
 - as one JSON log line (`log_line`): request id, model, version, status, error code, timings and
   image size, never the image or a key. With a CloudWatch namespace set (the ECS task sets it) the
   same line is also in CloudWatch's embedded metric format, so CloudWatch Logs turns it into
-  metrics, percentiles included, without a metrics port or an agent (README "Observability").
+  metrics, percentiles included, without a metrics port or an agent (docs/operations.md "Observability").
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from typing import Iterable
 import requests
 
 from .errors import describe
-# The formats the server decodes (README "The API"); a folder's other files are not images.
+# The formats the server decodes (docs/api.md); a folder's other files are not images.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 URL_SCHEMES = ("http://", "https://")
 

@@ -2,8 +2,8 @@
 
     python scripts/gpu_check.py [--out DIR] [--quick] [--require-cuda]
 
-Written for the session that is lent a GPU machine (docs/gpu.md): that machine has torch but no
-TorchServe, no Java and no network, and 15 minutes, so this runs the request path itself
+Written for a borrowed GPU machine (docs/gpu.md) that has torch but no TorchServe, no Java and
+no network, and 15 minutes, so this runs the request path itself
 (`objdetect.pipeline.Detector`, bytes in, our JSON out) and nothing around it. It writes
 gpu-check.json and gpu-check.md to DIR (default reports/gpu-check-<timestamp>). On a machine
 without CUDA it runs the checks that need no GPU and reports the others as skipped, saying why;
