@@ -87,7 +87,10 @@ def test_an_interrupted_run_resumes_where_it_stopped(server, tmp_path):
     out = tmp_path / "results.jsonl"
     command = [str(CLIENT), "detect", str(tmp_path / "photos"), "--endpoint", server.url(), "--out", str(out),
                "--concurrency", "1", "--quiet"]
-    first = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    # SIGINT at its default, as a terminal's job has it: a shell that runs this suite in the
+    # background without job control starts it with SIGINT ignored, which every child inherits.
+    first = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not (out.exists() and out.read_text().count("\n") >= 3):
         assert first.poll() is None and time.monotonic() < deadline, "the first run ended before it was interrupted"
