@@ -91,6 +91,18 @@ def test_a_local_job_answers_every_image_once_and_each_failure_is_a_line(tmp_pat
     results = load(collected)  # the client's reader reads the batch job's lines
     assert len(results) == 13 and results[str(missing)].error == "unreadable"
 
+    # With a ground truth, COCO detection results by its image and category ids.
+    truth = tmp_path / "instances.json"
+    truth.write_text(json.dumps({"images": [{"id": 7, "file_name": images[0].name}],
+                                 "categories": [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"},
+                                                {"id": 3, "name": "triangle"}], "annotations": []}))
+    coco = tmp_path / "coco.json"
+    assert subprocess.run([*BATCH, "collect", str(tmp_path / "out"), "--out", str(collected), "--annotations",
+                           str(truth), "--coco", str(coco)], timeout=60, cwd=ROOT).returncode == 0
+    found = json.loads(coco.read_text())
+    assert len(found) == len(results[str(images[0])].detections) > 0
+    assert {d["image_id"] for d in found} == {7} and all(len(d["bbox"]) == 4 for d in found)
+
 
 @pytest.mark.integration
 def test_a_child_killed_mid_shard_finishes_its_shard_with_each_image_exactly_once(tmp_path, model_store):
@@ -154,6 +166,18 @@ def test_a_job_over_s3_reads_the_prefix_and_writes_only_the_output(tmp_path, mod
     assert "job-1/job.json" in keys and sum(key.startswith("job-1/results/") for key in keys) == 2
     assert [item["Key"] for item in s3.list_objects_v2(Bucket="photos")["Contents"]] == \
         sorted(f"2026/12/{name}" for name in [*(p.name for p in (tmp_path / "in").iterdir()), "readme.md"])
+
+    # A manifest in S3 naming a key that is not there: that image is a line with its error.
+    s3.put_object(Bucket="photos", Key="lists/two.txt", Body=b"s3://photos/2026/12/img000.png\ns3://photos/2026/12/gone.jpg\n")
+    run = subprocess.run([*BATCH, "local", "s3://photos/lists/two.txt", "s3://results/job-2", "--processes", "1",
+                          "--archive", str(model_store / "detector-v1.0.mar")],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT, env=os.environ)
+    assert run.returncode == 0, run.stderr
+    part = s3.get_object(Bucket="results", Key=f"job-2/{batch.part_name(0, 0)}")["Body"].read().decode()
+    lines = {line["source"]: line for line in map(json.loads, part.splitlines())}
+    assert lines["s3://photos/2026/12/img000.png"]["detections"] is not None
+    assert lines["s3://photos/2026/12/gone.jpg"]["error"] == "unreadable"
+    assert "NoSuchKey" in lines["s3://photos/2026/12/gone.jpg"]["message"]
 
 
 @pytest.mark.integration
@@ -223,3 +247,17 @@ def test_submit_refuses_an_unreadable_input_before_anything_is_submitted(tmp_pat
                          timeout=120, cwd=ROOT, env=os.environ)
     assert run.returncode == 2 and "cannot list the input s3://no-such-photos/day/: NoSuchBucket" in run.stderr
     assert boto3.client("batch").list_jobs(jobQueue=queue)["jobSummaryList"] == []
+
+
+@pytest.mark.integration
+def test_an_array_child_started_as_the_image_starts_it_takes_the_shard_of_its_array_index(tmp_path, model_store):
+    """The job definition's command: the image's ENTRYPOINT (server.py) with `batch` first, and the
+    shard from AWS_BATCH_JOB_ARRAY_INDEX, as AWS Batch sets it in each child."""
+    write_images(tmp_path / "in", 4)
+    batch.plan(str(tmp_path / "in"), str(tmp_path / "out"), shards=2)
+    child = subprocess.run([sys.executable, str(ROOT / "scripts" / "server.py"), "batch", str(tmp_path / "out"),
+                            "--archive", str(model_store / "detector-v1.0.mar")], cwd=ROOT, capture_output=True,
+                           text=True, timeout=300, env={**os.environ, batch.ARRAY_INDEX_ENV: "1"})
+    assert child.returncode == 0, child.stderr
+    assert [p.parent.name for p in (tmp_path / "out").glob("results/*/part-*.jsonl")] == ["00001"]
+    assert json.loads(child.stdout)["index"] == 1
